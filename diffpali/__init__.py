@@ -1,0 +1,1 @@
+"""diffpali: Differential Attention retrofitted into PaliGemma, fine-tuned with LoRA."""

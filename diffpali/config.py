@@ -1,0 +1,391 @@
+"""Typed configuration schemas.
+
+Every Hydra config group is backed by a dataclass registered in Hydra's ConfigStore, so a misspelt
+key or a value of the wrong type fails at composition time. Value rules (ranges, choices, paths)
+live in ``validate`` methods and run in :func:`to_typed`, before any model or dataset is loaded,
+with messages of the form ``lora.rank=0: must be > 0``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is not allowed. The message names the key, the value and the rule."""
+
+
+def _fail(key: str, value: Any, rule: str) -> None:
+    raise ConfigError(f"{key}={value!r}: {rule}")
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(key, value, f"must be one of {', '.join(allowed)}")
+
+
+def _positive(key: str, value: float | int) -> None:
+    if not value > 0:
+        _fail(key, value, "must be > 0")
+
+
+TOWERS = ("vision", "text")
+
+
+# --------------------------------------------------------------------------------------------
+# model
+# --------------------------------------------------------------------------------------------
+@dataclass
+class VisionSpec:
+    """SigLIP vision tower of the tiny zoo model."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    intermediate_size: int = 512
+    image_size: int = 128  #: input side in pixels; 128 keeps 64 px per cell of a 2x2 grid
+    patch_size: int = 16
+
+
+@dataclass
+class TextSpec:
+    """Gemma text decoder of the tiny zoo model."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 1  #: multi-query, as in Gemma 2B
+    head_dim: int = 32
+    intermediate_size: int = 512
+    vocab_size: int = 640  #: BPE vocabulary trained locally, before PaliGemma's extra tokens
+
+
+@dataclass
+class TinySpec:
+    """Architecture and pretraining recipe of the offline tiny PaliGemma.
+
+    The directory of a built base is keyed by a hash of this whole spec, so changing any field
+    builds (and caches) a new base instead of silently reusing one trained for other settings.
+    """
+
+    vision: VisionSpec = field(default_factory=VisionSpec)
+    text: TextSpec = field(default_factory=TextSpec)
+    pretrain_steps: int = 6000  #: optimiser steps of the full (non-LoRA) multitask pretraining
+    pretrain_batch_size: int = 128
+    pretrain_lr: float = 2e-3
+    pretrain_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which base PaliGemma to load.
+
+    ``source=zoo`` builds (or reuses) the offline tiny model described by ``tiny``;
+    ``source=pretrained`` calls ``from_pretrained(name_or_path)`` on a Hub id or a local directory.
+    """
+
+    name: str = "tiny"  #: label used in run names and reports
+    source: str = "zoo"  #: zoo | pretrained
+    name_or_path: str = ""  #: Hub id or directory, for source=pretrained
+    revision: Optional[str] = None
+    dtype: str = "float32"  #: weights dtype at load time: float32 | bfloat16 | float16
+    trust_remote_code: bool = False  #: never needed for PaliGemma; off unless asked for
+    cache_dir: Optional[str] = None  #: where zoo bases are cached; default ~/.cache/diffpali
+    tiny: TinySpec = field(default_factory=TinySpec)
+
+    def validate(self, key: str = "model") -> None:
+        _choice(f"{key}.source", self.source, ("zoo", "pretrained"))
+        _choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.source == "pretrained" and not self.name_or_path:
+            _fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")
+        v, t = self.tiny.vision, self.tiny.text
+        if v.image_size % v.patch_size:
+            _fail(f"{key}.tiny.vision.image_size", v.image_size, f"must be a multiple of patch_size={v.patch_size}")
+        if t.num_attention_heads % t.num_key_value_heads:
+            _fail(
+                f"{key}.tiny.text.num_key_value_heads",
+                t.num_key_value_heads,
+                f"must divide num_attention_heads={t.num_attention_heads}",
+            )
+        if v.hidden_size % v.num_attention_heads:
+            _fail(f"{key}.tiny.vision.num_attention_heads", v.num_attention_heads, "must divide hidden_size")
+
+
+# --------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------
+@dataclass
+class DataConfig:
+    """A VQA dataset in the VQAv2 schema: image, question, answers (10 strings), answer_type."""
+
+    name: str = "easy_vqa"  #: easy_vqa | vqav2
+    path: str = ""  #: vqav2: Hub id or local directory of parquet/arrow files
+    train_split: str = "train"
+    val_split: str = "validation"  #: vqav2 only; easy_vqa carves validation out of train
+    test_split: str = "test"
+    val_fraction: float = 0.1  #: easy_vqa: share of TRAIN images held out for validation
+    train_limit: Optional[int] = None  #: first N training records (quick runs)
+    val_limit: Optional[int] = 512  #: validation during training is a fixed slice, never the test split
+    test_limit: Optional[int] = None  #: None scores the whole test split
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+    prompt: str = "answer en {question}"
+    max_new_tokens: int = 8
+    on_bad_record: str = "error"  #: error | skip
+
+    def validate(self, key: str = "data") -> None:
+        _choice(f"{key}.name", self.name, ("easy_vqa", "vqav2"))
+        _choice(f"{key}.on_bad_record", self.on_bad_record, ("error", "skip"))
+        if not 0.0 < self.val_fraction < 1.0:
+            _fail(f"{key}.val_fraction", self.val_fraction, "must be in (0, 1)")
+        for name in ("batch_size", "eval_batch_size", "max_new_tokens"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        for name in ("train_limit", "val_limit", "test_limit"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                _fail(f"{key}.{name}", value, "must be > 0 or null (no limit)")
+        if self.num_workers < 0:
+            _fail(f"{key}.num_workers", self.num_workers, "must be >= 0")
+        if "{question}" not in self.prompt:
+            _fail(f"{key}.prompt", self.prompt, "must contain the placeholder {question}")
+        if self.name == "vqav2" and not self.path:
+            _fail(f"{key}.path", self.path, "vqav2 needs a Hub id or a local directory")
+        if self.name == "vqav2" and self.path.startswith(("/", ".", "~")):
+            if not Path(self.path).expanduser().exists():
+                _fail(f"{key}.path", self.path, "local path does not exist")
+
+
+# --------------------------------------------------------------------------------------------
+# method: attention, feed-forward, LoRA
+# --------------------------------------------------------------------------------------------
+@dataclass
+class AttnConfig:
+    """Attention variant applied to the pretrained model."""
+
+    variant: str = "vanilla"  #: vanilla (the stock attention, untouched)
+    towers: list[str] = field(default_factory=lambda: list(TOWERS))
+
+    def validate(self, key: str = "attn") -> None:
+        _choice(f"{key}.variant", self.variant, ("vanilla",))
+        for tower in self.towers:
+            _choice(f"{key}.towers", tower, TOWERS)
+
+
+@dataclass
+class FfnConfig:
+    """Feed-forward variant applied to the pretrained model."""
+
+    variant: str = "mlp"  #: mlp (the pretrained FFNs, untouched)
+    towers: list[str] = field(default_factory=lambda: list(TOWERS))
+
+    def validate(self, key: str = "ffn") -> None:
+        _choice(f"{key}.variant", self.variant, ("mlp",))
+        for tower in self.towers:
+            _choice(f"{key}.towers", tower, TOWERS)
+
+
+@dataclass
+class LoraConfig:
+    """peft LoRA adapters; the pretrained weights stay frozen."""
+
+    rank: int = 16
+    alpha: float = 32.0  #: the paper keeps alpha = 2 * rank
+    dropout: float = 0.0
+    towers: list[str] = field(default_factory=lambda: list(TOWERS))
+    text_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    vision_targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
+    )
+    train_projector: bool = False  #: also LoRA the vision-to-text projector
+
+    def validate(self, key: str = "lora") -> None:
+        _positive(f"{key}.rank", self.rank)
+        _positive(f"{key}.alpha", self.alpha)
+        if not 0.0 <= self.dropout < 1.0:
+            _fail(f"{key}.dropout", self.dropout, "must be in [0, 1)")
+        if not self.towers:
+            _fail(f"{key}.towers", self.towers, f"must name at least one of {', '.join(TOWERS)}")
+        for tower in self.towers:
+            _choice(f"{key}.towers", tower, TOWERS)
+        if "text" in self.towers and not self.text_targets:
+            _fail(f"{key}.text_targets", self.text_targets, "must not be empty when the text tower is adapted")
+        if "vision" in self.towers and not self.vision_targets:
+            _fail(f"{key}.vision_targets", self.vision_targets, "must not be empty when the vision tower is adapted")
+
+
+# --------------------------------------------------------------------------------------------
+# optimisation, trainer, logger
+# --------------------------------------------------------------------------------------------
+@dataclass
+class OptimConfig:
+    """Optimiser and learning-rate schedule (linear warm-up, then cosine or constant)."""
+
+    name: str = "adamw"  #: adam | adamw (adam adds weight decay to the gradient, as torch.optim.Adam)
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 20
+    schedule: str = "cosine"  #: cosine | constant
+
+    def validate(self, key: str = "optim") -> None:
+        _choice(f"{key}.name", self.name, ("adam", "adamw"))
+        _choice(f"{key}.schedule", self.schedule, ("cosine", "constant"))
+        _positive(f"{key}.lr", self.lr)
+        if self.weight_decay < 0:
+            _fail(f"{key}.weight_decay", self.weight_decay, "must be >= 0")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            _fail(f"{key}.betas", self.betas, "must be two numbers in [0, 1)")
+        if self.warmup_steps < 0:
+            _fail(f"{key}.warmup_steps", self.warmup_steps, "must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments passed to ``lightning.Trainer`` (a documented subset)."""
+
+    accelerator: str = "cpu"  #: cpu | gpu | auto
+    devices: Any = 1
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "32-true"  #: 32-true on CPU; bf16-mixed on GPU
+    max_epochs: int = 1
+    max_steps: int = -1  #: -1: run max_epochs
+    max_time: Optional[str] = None  #: "DD:HH:MM:SS" wall-clock cap
+    val_check_interval: Optional[float] = None  #: None: once per epoch
+    limit_val_batches: Optional[float] = None
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = 1.0
+    accumulate_grad_batches: int = 1
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+    def validate(self, key: str = "trainer") -> None:
+        _choice(f"{key}.accelerator", self.accelerator, ("cpu", "gpu", "cuda", "mps", "auto"))
+        _choice(
+            f"{key}.precision",
+            self.precision,
+            ("32-true", "32", "bf16-mixed", "bf16-true", "16-mixed"),
+        )
+        if self.max_epochs < 1 and self.max_steps < 1:
+            _fail(f"{key}.max_epochs", self.max_epochs, "must be >= 1 unless max_steps > 0")
+        if self.accumulate_grad_batches < 1:
+            _fail(f"{key}.accumulate_grad_batches", self.accumulate_grad_batches, "must be >= 1")
+        if self.accelerator == "cpu" and self.precision in ("bf16-mixed", "16-mixed", "bf16-true"):
+            # bf16 autocast on CPU is slow and changes numerics; the CPU default is fp32 on purpose.
+            _fail(f"{key}.precision", self.precision, "use 32-true with accelerator=cpu")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go. W&B runs offline when no login is present, so a fresh machine works."""
+
+    kind: str = "wandb"  #: wandb | csv | none
+    project: str = "diffpali"
+    entity: Optional[str] = None
+    mode: str = "auto"  #: auto (online if logged in, else offline) | online | offline | disabled
+    group: Optional[str] = None  #: default: the experiment name
+    tags: list[str] = field(default_factory=list)
+    log_predictions: int = 32  #: rows of the sample-prediction table logged after evaluation
+
+    def validate(self, key: str = "logger") -> None:
+        _choice(f"{key}.kind", self.kind, ("wandb", "csv", "none"))
+        _choice(f"{key}.mode", self.mode, ("auto", "online", "offline", "disabled"))
+        if self.log_predictions < 0:
+            _fail(f"{key}.log_predictions", self.log_predictions, "must be >= 0")
+
+
+# --------------------------------------------------------------------------------------------
+# top level
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """``python train.py``: LoRA fine-tuning, then scoring on the test split."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attn: AttnConfig = field(default_factory=AttnConfig)
+    ffn: FfnConfig = field(default_factory=FfnConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment_name: str = "default"  #: W&B group and report row label
+    seed: Optional[int] = 0  #: every seed is applied, 0 included; null leaves RNGs unseeded
+    output_dir: str = "."  #: set by Hydra to the run directory
+    ckpt_path: Optional[str] = None  #: resume from a Lightning checkpoint, or "last"
+    test_after_fit: bool = True
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if is_dataclass(value) and hasattr(value, "validate"):
+                value.validate(f.name)
+        if self.seed is not None and self.seed < 0:
+            _fail("seed", self.seed, "must be >= 0 or null")
+        if self.ckpt_path not in (None, "last") and not Path(self.ckpt_path).expanduser().exists():
+            _fail("ckpt_path", self.ckpt_path, 'must be an existing checkpoint file, "last" or null')
+
+
+@dataclass
+class EvalTaskConfig:
+    """What ``evaluate.py`` scores."""
+
+    task: str = "vqa"  #: vqa
+    split: str = "test"
+    convention: str = "official"  #: official (VQAv2 vqaEval.py) | simple (the paper's min(n/3, 1))
+
+    def validate(self, key: str = "eval") -> None:
+        _choice(f"{key}.task", self.task, ("vqa",))
+        _choice(f"{key}.convention", self.convention, ("official", "simple"))
+        _choice(f"{key}.split", self.split, ("train", "validation", "test"))
+
+
+@dataclass
+class EvaluateConfig:
+    """``python evaluate.py ckpt=<run dir | adapter dir | base>``."""
+
+    ckpt: str = "base"  #: a train.py run directory, an adapter directory, or "base" (no adapter)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalTaskConfig = field(default_factory=EvalTaskConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    seed: Optional[int] = 0
+    device: str = "auto"  #: auto | cpu | cuda
+    output_dir: str = "."
+
+    def validate(self) -> None:
+        self.model.validate("model")
+        self.data.validate("data")
+        self.eval.validate("eval")
+        self.logger.validate("logger")
+        _choice("device", self.device, ("auto", "cpu", "cuda"))
+        if self.ckpt != "base" and not Path(self.ckpt).expanduser().exists():
+            _fail("ckpt", self.ckpt, 'must be a run directory, an adapter directory, or "base"')
+
+
+def register_configs() -> None:
+    """Register the schemas so that Hydra type-checks every group against them."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_typed(cfg: DictConfig, schema: type = TrainConfig):
+    """Convert a composed config to its dataclass and run every value check.
+
+    Raises :class:`ConfigError` (naming key, value and rule) before anything heavy happens.
+    """
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    obj = OmegaConf.to_object(merged)
+    obj.validate()
+    return obj
+

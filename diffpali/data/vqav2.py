@@ -1,0 +1,65 @@
+"""VQAv2 from a Hub id or a local directory, in the shared VQA schema.
+
+Accepted inputs: a Hub dataset id (``load_dataset``), a directory saved with ``save_to_disk``, or a
+directory holding ``{split}*.parquet`` / ``{split}*.arrow`` files. Answers may be ten strings or
+ten ``{"answer": ...}`` dicts (the Hub's layout).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_dataset, load_from_disk
+
+from .schema import VQA_FEATURES, check_records
+
+log = logging.getLogger(__name__)
+
+
+def _answers(value: Any) -> list[str]:
+    if not value:
+        return []
+    return [a["answer"] if isinstance(a, dict) else str(a) for a in value]
+
+
+def _read(path: str, split: str) -> Dataset:
+    local = Path(path).expanduser()
+    if not local.exists():
+        return load_dataset(path, split=split)
+    if (local / "dataset_dict.json").exists() or (local / "dataset_info.json").exists():
+        loaded = load_from_disk(str(local))
+        return loaded[split] if hasattr(loaded, "keys") else loaded
+    for kind in ("parquet", "arrow"):
+        files = sorted(str(p) for p in local.glob(f"{split}*.{kind}"))
+        if files:
+            return load_dataset(kind, data_files={split: files}, split=split)
+    raise FileNotFoundError(f"data.path={path!r}: no {split}*.parquet or {split}*.arrow files and no saved dataset")
+
+
+def load_vqav2(path: str, split: str, limit: int | None = None, on_bad_record: str = "error") -> Dataset:
+    """One split as a ``datasets.Dataset`` with :data:`VQA_FEATURES`."""
+    raw = _read(path, split)
+    if limit is not None:
+        raw = raw.select(range(min(limit, len(raw))))
+    missing = {"image", "question", "answers"} - set(raw.column_names)
+    if missing:
+        raise ValueError(f"vqav2 at {path!r} split {split!r} lacks columns {sorted(missing)}; has {raw.column_names}")
+    answers = [_answers(a) for a in raw["answers"]]
+    keep, skipped = check_records(zip(raw["question"], answers, [None] * len(raw)), "vqav2", split, on_bad_record)
+    if skipped:
+        log.warning("vqav2[%s]: skipped %d bad records, first: %s", split, len(skipped), skipped[0])
+    raw = raw.select(keep)
+    answers = [answers[k] for k in keep]
+    answer_type = raw["answer_type"] if "answer_type" in raw.column_names else ["other"] * len(raw)
+    columns = {
+        "question_id": raw["question_id"] if "question_id" in raw.column_names else keep,
+        "image_id": raw["image_id"] if "image_id" in raw.column_names else keep,
+        "image": raw["image"],
+        "question": raw["question"],
+        "answers": answers,
+        "answer_type": answer_type,
+        "category": answer_type,
+    }
+    return Dataset.from_dict(columns, features=VQA_FEATURES)

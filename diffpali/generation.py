@@ -1,0 +1,36 @@
+"""Batched greedy answer generation, shared by validation, evaluate.py and the base builder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .data.collate import model_inputs
+
+
+def clean_answer(text: str) -> str:
+    """Keep what comes before the first newline: PaliGemma ends an answer there or at <eos>."""
+    return text.split("\n", 1)[0].strip()
+
+
+@torch.no_grad()
+def generate_answers(model: Any, processor: Any, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
+    """Greedy decoding with the KV cache over a left-padded batch; decodes only the new tokens.
+
+    ``token_type_ids`` are passed through: without them generation loses the prefix-LM mask.
+    """
+    inputs = model_inputs(batch, with_labels=False)
+    prompt_length = inputs["input_ids"].shape[1]
+    output = model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        use_cache=True,
+        pad_token_id=processor.tokenizer.pad_token_id,
+        eos_token_id=processor.tokenizer.eos_token_id,
+    )
+    new_tokens = output[:, prompt_length:]
+    texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    return [clean_answer(t) for t in texts]

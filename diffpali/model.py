@@ -1,0 +1,147 @@
+"""Load a base PaliGemma (tiny zoo or ``from_pretrained``), apply the method's variants, wrap in LoRA.
+
+No training code lives here: these functions return ordinary ``nn.Module`` objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+
+from .config import AttnConfig, FfnConfig, LoraConfig, ModelConfig, TinySpec
+from .zoo.tiny import spec_key
+
+log = logging.getLogger(__name__)
+
+SHIPPED_TINY_DIR = Path(__file__).parent / "zoo" / "tiny_paligemma"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Module-name prefixes of the two towers inside PaliGemmaForConditionalGeneration.
+TOWER_PATTERNS = {"text": r"model\.language_model\.", "vision": r"model\.vision_tower\."}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("DIFFPALI_CACHE", Path.home() / ".cache" / "diffpali"))
+
+
+def _built_key(directory: Path) -> str | None:
+    info = directory / "build_info.json"
+    if not info.is_file():
+        return None
+    return json.loads(info.read_text()).get("key")
+
+
+def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str | None = None) -> Path:
+    """Directory of the tiny base for ``spec``: the shipped one, a cached one, or a new build.
+
+    The key is a hash of the whole spec (architecture and pretraining recipe), so a changed spec
+    never silently reuses weights trained for another.
+    """
+    key = spec_key(spec)
+    if _built_key(SHIPPED_TINY_DIR) == key:
+        log.info("tiny base %s: using the shipped base in %s", key, SHIPPED_TINY_DIR)
+        return SHIPPED_TINY_DIR
+    cached = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    target = cached / "tiny" / key
+    if _built_key(target) == key:
+        log.info("tiny base %s: using the cached base in %s", key, target)
+        return target
+    from .zoo.build import build_base
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    log.warning(
+        "tiny base %s: not shipped or cached; building it now on %s (%d pretraining steps) into %s",
+        key,
+        device,
+        spec.pretrain_steps,
+        target,
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build into a temporary sibling and rename, so an interrupted build never looks finished.
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
+    try:
+        build_base(spec, staging, device)
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def base_location(cfg: ModelConfig) -> str:
+    """Directory or Hub id that ``from_pretrained`` loads for this model config."""
+    if cfg.source == "zoo":
+        return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir))
+    return cfg.name_or_path
+
+
+def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, PaliGemmaProcessor]:
+    """The pretrained model and its processor; the same code serves the tiny zoo and the Hub."""
+    location = base_location(cfg)
+    kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+    processor = PaliGemmaProcessor.from_pretrained(location, **kwargs)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(location, dtype=DTYPES[cfg.dtype], **kwargs)
+    return model, processor
+
+
+def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnConfig, ffn: FfnConfig) -> list[str]:
+    """Swap in the configured attention and feed-forward variants.
+
+    Returns the module names of new trainable parts that LoRA must save whole
+    (peft ``modules_to_save``). ``vanilla`` and ``mlp`` leave the model untouched.
+    """
+    if attn.variant != "vanilla":
+        raise NotImplementedError(f"attn.variant={attn.variant!r}")
+    if ffn.variant != "mlp":
+        raise NotImplementedError(f"ffn.variant={ffn.variant!r}")
+    return []
+
+
+def lora_target_regex(cfg: LoraConfig) -> str:
+    """One regex over full module names: the chosen projections, in the chosen towers only."""
+    parts = []
+    for tower in cfg.towers:
+        names = cfg.text_targets if tower == "text" else cfg.vision_targets
+        parts.append(rf"{TOWER_PATTERNS[tower]}.*\.({'|'.join(map(re.escape, names))})")
+    if cfg.train_projector:
+        parts.append(r"model\.multi_modal_projector\.linear")
+    return "^(" + "|".join(parts) + ")$"
+
+
+def wrap_lora(model: PaliGemmaForConditionalGeneration, cfg: LoraConfig, modules_to_save: list[str] | None = None) -> PeftModel:
+    """Freeze the base and add LoRA adapters (peft); new variant modules train and save whole."""
+    peft_config = PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=lora_target_regex(cfg),
+        modules_to_save=modules_to_save or None,
+        bias="none",
+    )
+    return get_peft_model(model, peft_config)
+
+
+def build_model(
+    model_cfg: ModelConfig, attn: AttnConfig, ffn: FfnConfig, lora: LoraConfig
+) -> tuple[PeftModel, PaliGemmaProcessor]:
+    """Base model -> variants -> LoRA. The one entry point train.py and evaluate.py use."""
+    model, processor = load_base(model_cfg)
+    new_modules = apply_variants(model, attn, ffn)
+    return wrap_lora(model, lora, new_modules), processor
+
+
+def load_adapter(base: PaliGemmaForConditionalGeneration, adapter_dir: str | Path) -> PeftModel:
+    """Reload a saved adapter (safetensors) onto a freshly loaded base."""
+    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

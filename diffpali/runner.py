@@ -1,0 +1,183 @@
+"""What ``train.py`` and ``evaluate.py`` do once Hydra has composed and validated the config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from .config import EvaluateConfig, TrainConfig
+from .data.datamodule import VQADataModule, load_split
+from .evaluation import score_vqa
+from .loggers import finish, make_logger
+from .model import build_model, load_adapter, load_base
+from .module import DiffPaliModule
+
+log = logging.getLogger(__name__)
+ADAPTER_DIR = "adapter"
+METRICS_FILE = "metrics.json"
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str))
+    tmp.replace(path)  # atomic: a reader never sees half a file
+
+
+def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger) or not rows:
+        return
+    import wandb
+    from PIL import Image
+
+    from .data.collate import load_rgb
+
+    columns = ["question_id", "image", "question", "prediction", "answers", "score"]
+    data = []
+    for row in rows:
+        ref = row["image"]
+        image = row.get("pil")
+        data.append(
+            [row["question_id"], wandb.Image(image) if isinstance(image, Image.Image) else str(ref), row["question"],
+             row["prediction"], ", ".join(sorted(set(row["answers"]))), row["score"]]
+        )
+    logger.experiment.log({key: wandb.Table(columns=columns, data=data)})
+    del load_rgb
+
+
+def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
+    """Fine-tune with LoRA, save the adapter, score on the test split; returns the metrics written."""
+    started = time.time()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.seed is not None:  # 0 is a seed like any other
+        L.seed_everything(cfg.seed, workers=True)
+
+    model, processor = build_model(cfg.model, cfg.attn, cfg.ffn, cfg.lora)
+    trainable, total = model.get_nb_trainable_parameters()
+    log.info("model %s: %d trainable of %d parameters (%.2f%%)", cfg.model.name, trainable, total, 100 * trainable / total)
+    datamodule = VQADataModule(cfg.data, processor, seed=cfg.seed)
+    module = DiffPaliModule(
+        model,
+        processor,
+        cfg.optim,
+        dataset_name=cfg.data.name,
+        max_new_tokens=cfg.data.max_new_tokens,
+        log_predictions=cfg.logger.log_predictions,
+    )
+    resolved = asdict(cfg)
+    logger = make_logger(cfg.logger, out, run_name, cfg.logger.group or cfg.experiment_name, resolved)
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    t = cfg.trainer
+    trainer = L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=t.max_time,
+        val_check_interval=t.val_check_interval,
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=t.gradient_clip_val,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        logger=logger if logger is not None else False,
+        callbacks=[checkpoint],
+        default_root_dir=str(out),
+    )
+    fit_started = time.time()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    fit_seconds = time.time() - fit_started
+
+    adapter_dir = out / ADAPTER_DIR
+    if trainer.is_global_zero:
+        module.model.save_pretrained(str(adapter_dir), safe_serialization=True)
+        (adapter_dir / "diffpali.json").write_text(
+            json.dumps({"model": asdict(cfg.model), "attn": asdict(cfg.attn), "ffn": asdict(cfg.ffn), "lora": asdict(cfg.lora)}, indent=2)
+        )
+        log.info("adapter saved to %s", adapter_dir)
+
+    metrics: dict[str, Any] = {
+        "run_name": run_name,
+        "experiment": cfg.experiment_name,
+        "seed": cfg.seed,
+        "convention": "official",
+        "fit_seconds": round(fit_seconds, 1),
+        "train_steps": trainer.global_step,
+    }
+    metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
+    if cfg.test_after_fit:
+        test_started = time.time()
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics["test_seconds"] = round(time.time() - test_started, 1)
+        _log_prediction_table(logger, module.test_predictions, "test/predictions")
+    metrics["total_seconds"] = round(time.time() - started, 1)
+    if trainer.is_global_zero:
+        _write_json(out / METRICS_FILE, metrics)
+    finish(logger)
+    return metrics
+
+
+def resolve_adapter(ckpt: str) -> Path | None:
+    """A run directory holds ``adapter/``; an adapter directory holds ``adapter_config.json``."""
+    if ckpt == "base":
+        return None
+    path = Path(ckpt).expanduser()
+    if (path / "adapter_config.json").is_file():
+        return path
+    if (path / ADAPTER_DIR / "adapter_config.json").is_file():
+        return path / ADAPTER_DIR
+    raise FileNotFoundError(f"ckpt={ckpt!r}: no adapter_config.json in it or in its {ADAPTER_DIR}/ folder")
+
+
+def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
+    """Score the base model or a saved adapter on one split; writes metrics.json."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.seed is not None:
+        L.seed_everything(cfg.seed)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    adapter = resolve_adapter(cfg.ckpt)
+    model, processor = load_base(cfg.model)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
+    model.to(device)
+    limit = cfg.data.test_limit if cfg.eval.split == "test" else cfg.data.val_limit
+    dataset = load_split(cfg.data, cfg.eval.split, limit)
+    started = time.time()
+    result = score_vqa(
+        model,
+        processor,
+        dataset,
+        dataset_name=cfg.data.name,
+        split=cfg.eval.split,
+        prompt=cfg.data.prompt,
+        batch_size=cfg.data.eval_batch_size,
+        max_new_tokens=cfg.data.max_new_tokens,
+        convention=cfg.eval.convention,
+        device=device,
+        keep_predictions=cfg.logger.log_predictions,
+    )
+    metrics = {"ckpt": cfg.ckpt, "split": cfg.eval.split, "seed": cfg.seed, **result.as_dict(f"{cfg.eval.split}/")}
+    metrics["eval_seconds"] = round(time.time() - started, 1)
+    _write_json(out / METRICS_FILE, metrics)
+    logger = make_logger(cfg.logger, out, run_name, "evaluate", asdict(cfg))
+    if logger is not None:
+        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        _log_prediction_table(logger, [dict(p, image=p["question_id"]) for p in result.predictions], f"{cfg.eval.split}/predictions")
+    finish(logger)
+    return metrics

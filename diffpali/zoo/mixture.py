@@ -1,0 +1,107 @@
+"""The multitask mixture the tiny base is pretrained on (TRAIN images only, validation held out).
+
+As PaliGemma's own pretraining mixes tasks, so does the tiny base's, so that the later benchmarks
+(MMNeedle, POPE) test a model that has learnt to caption and to locate, not chance:
+
+- ``vqa``      "answer en {question}"          -> easy-vqa answer
+- ``caption``  "caption en"                    -> "a {color} {shape}"
+- ``where``    the paper's "Top or Bottom?" / "Left or Right?" on a 2x2 grid -> top|bottom|left|right
+- ``needle``   MMNeedle's official prompt on a 2x2 grid -> "1, row, col", or "-1" when absent
+
+Example ``i`` is drawn from a generator seeded by (seed, i): the stream is the same whatever the
+number of data-loader workers.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data import easy_vqa
+from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer, stitch
+
+TASK_WEIGHTS = {"vqa": 0.55, "caption": 0.10, "where": 0.20, "needle": 0.15}
+GRID_N = 2
+
+
+def caption_of(color: str, shape: str) -> str:
+    return f"a {color} {shape}"
+
+
+class PretrainMixture(torch.utils.data.Dataset):
+    """``length`` examples of the mixture, each an (image, prefix, suffix, task) dict."""
+
+    def __init__(self, length: int, seed: int, val_fraction: float = 0.1, cell_size: int = 64):
+        self.length = length
+        self.seed = seed
+        self.cell_size = cell_size
+        train_ids = set(easy_vqa.split_image_ids("train", val_fraction))
+        raw = easy_vqa._raw("train")
+        self.vqa = [(q, a, i) for q, a, i in zip(raw.questions, raw.answers, raw.image_ids) if i in train_ids]
+        labels = easy_vqa.image_labels("train")
+        self.labelled = sorted(i for i in labels if i in train_ids)
+        self.caption = {i: caption_of(*labels[i]) for i in self.labelled}
+        self.all_captions = sorted(set(self.caption.values()))
+        self._images: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def image(self, image_id: int) -> Image.Image:
+        if image_id not in self._images:
+            with Image.open(easy_vqa.image_path("train", image_id)) as im:
+                self._images[image_id] = im.convert("RGB")
+        return self._images[image_id]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rng = random.Random(self.seed * 1_000_003 + index)
+        task = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
+        if task == "vqa":
+            question, answer, image_id = self.vqa[rng.randrange(len(self.vqa))]
+            return {"image": self.image(image_id), "prefix": f"answer en {question}", "suffix": answer, "task": task}
+        if task == "caption":
+            image_id = rng.choice(self.labelled)
+            return {"image": self.image(image_id), "prefix": "caption en", "suffix": self.caption[image_id], "task": task}
+        grid, captions = self._grid(rng)
+        if task == "where":
+            cell = rng.randrange(GRID_N * GRID_N)
+            row, col = divmod(cell, GRID_N)
+            if rng.random() < 0.5:
+                prefix, suffix = TOP_BOTTOM_PROMPT.format(caption=captions[cell]), ("top" if row == 0 else "bottom")
+            else:
+                prefix, suffix = LEFT_RIGHT_PROMPT.format(caption=captions[cell]), ("left" if col == 0 else "right")
+            return {"image": grid, "prefix": prefix, "suffix": suffix, "task": task}
+        if rng.random() < 0.5:  # negative: a caption from outside the haystack
+            caption = rng.choice([c for c in self.all_captions if c not in captions])
+            suffix = "-1"
+        else:
+            cell = rng.randrange(GRID_N * GRID_N)
+            caption = captions[cell]
+            suffix = needle_answer(1, cell // GRID_N + 1, cell % GRID_N + 1)
+        prefix = NEEDLE_PROMPT.format(M=1, N=GRID_N, caption=caption)
+        return {"image": grid, "prefix": prefix, "suffix": suffix, "task": task}
+
+    def _grid(self, rng: random.Random) -> tuple[Image.Image, list[str]]:
+        """Four train images with four different captions, stitched row-major."""
+        chosen: list[int] = []
+        seen: set[str] = set()
+        while len(chosen) < GRID_N * GRID_N:
+            image_id = rng.choice(self.labelled)
+            if self.caption[image_id] not in seen:
+                chosen.append(image_id)
+                seen.add(self.caption[image_id])
+        cells = [self.image(i) for i in chosen]
+        return stitch(cells, GRID_N, self.cell_size), [self.caption[i] for i in chosen]
+
+    def corpus(self) -> list[str]:
+        """Every prefix and suffix the mixture can produce (the tokenizer's training text)."""
+        texts = [f"answer en {q}" for q, _, _ in self.vqa] + [a for _, a, _ in self.vqa]
+        texts += ["caption en", "top", "bottom", "left", "right", "-1"]
+        for caption in self.all_captions:
+            texts += [caption, TOP_BOTTOM_PROMPT.format(caption=caption), LEFT_RIGHT_PROMPT.format(caption=caption)]
+            texts.append(NEEDLE_PROMPT.format(M=1, N=GRID_N, caption=caption))
+        texts += [needle_answer(1, r, c) for r in (1, 2) for c in (1, 2)]
+        return texts

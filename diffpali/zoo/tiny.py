@@ -1,0 +1,96 @@
+"""The offline tiny PaliGemma: tokenizer, processor and config built with real transformers classes.
+
+Nothing here is downloaded. The tokenizer is a byte-fallback BPE trained locally with
+``tokenizers`` and wrapped in transformers' ``GemmaTokenizer``; the image processor is SigLIP's
+(PIL backend) with ``image_seq_length`` set; ``PaliGemmaProcessor`` then adds ``<image>``, 1024
+``<loc>`` and 128 ``<seg>`` tokens, so the model's vocabulary is sized from ``len(tokenizer)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from typing import Iterable
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import GemmaConfig, GemmaTokenizer, PaliGemmaConfig, PaliGemmaProcessor, SiglipVisionConfig
+from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+from ..config import TinySpec
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
+BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
+#: Bump when the build recipe changes in a way the spec does not capture.
+RECIPE_VERSION = 1
+
+
+def spec_key(spec: TinySpec) -> str:
+    """Short stable hash of the spec and recipe version: the cache key of a built base."""
+    payload = json.dumps({"spec": asdict(spec), "recipe": RECIPE_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> GemmaTokenizer:
+    """Train a Gemma-style BPE (spaces as '▁', byte fallback) on ``corpus``.
+
+    Training splits words at '▁' so no merge crosses a word boundary; GemmaTokenizer then applies
+    the merges to whole strings and gets the same word pieces.
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "▁")
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + BYTE_TOKENS, show_progress=False
+    )
+    tokenizer.train_from_iterator(sorted(set(corpus)), trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return GemmaTokenizer(vocab=model["vocab"], merges=merges)
+
+
+def build_processor(tokenizer: GemmaTokenizer, spec: TinySpec) -> PaliGemmaProcessor:
+    v = spec.vision
+    image_processor = SiglipImageProcessorPil(
+        size={"height": v.image_size, "width": v.image_size}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    image_processor.image_seq_length = (v.image_size // v.patch_size) ** 2
+    return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_config(spec: TinySpec, processor: PaliGemmaProcessor) -> PaliGemmaConfig:
+    v, t = spec.vision, spec.text
+    tokenizer = processor.tokenizer
+    vision = SiglipVisionConfig(
+        hidden_size=v.hidden_size,
+        num_hidden_layers=v.num_hidden_layers,
+        num_attention_heads=v.num_attention_heads,
+        intermediate_size=v.intermediate_size,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        projection_dim=t.hidden_size,
+        vision_use_head=False,
+    )
+    text = GemmaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=t.hidden_size,
+        num_hidden_layers=t.num_hidden_layers,
+        num_attention_heads=t.num_attention_heads,
+        num_key_value_heads=t.num_key_value_heads,
+        head_dim=t.head_dim,
+        intermediate_size=t.intermediate_size,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    config = PaliGemmaConfig(
+        vision_config=vision.to_dict(),
+        text_config=text.to_dict(),
+        image_token_index=processor.image_token_id,
+        projection_dim=t.hidden_size,
+        hidden_size=t.hidden_size,
+    )
+    config.text_config.vocab_size = len(tokenizer)
+    config.vision_config.projection_dim = t.hidden_size
+    return config

@@ -48,8 +48,8 @@ class VisionSpec:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     intermediate_size: int = 512
-    image_size: int = 128  #: input side in pixels; 128 keeps 64 px per cell of a 2x2 grid
-    patch_size: int = 16
+    image_size: int = 64  #: input side in pixels: easy-vqa's native 64; a 2x2 grid has 32 px cells
+    patch_size: int = 16  #: 16 image tokens; patch 8 (64 tokens) learns ~4x slower per CPU second
 
 
 @dataclass
@@ -75,7 +75,7 @@ class TinySpec:
 
     vision: VisionSpec = field(default_factory=VisionSpec)
     text: TextSpec = field(default_factory=TextSpec)
-    pretrain_steps: int = 6000  #: optimiser steps of the full (non-LoRA) multitask pretraining
+    pretrain_steps: int = 2500  #: optimiser steps of the full (non-LoRA) multitask pretraining
     pretrain_batch_size: int = 128
     pretrain_lr: float = 2e-3
     pretrain_seed: int = 0
@@ -96,11 +96,14 @@ class ModelConfig:
     dtype: str = "float32"  #: weights dtype at load time: float32 | bfloat16 | float16
     trust_remote_code: bool = False  #: never needed for PaliGemma; off unless asked for
     cache_dir: Optional[str] = None  #: where zoo bases are cached; default ~/.cache/diffpali
+    build_eval_limit: Optional[int] = None  #: zoo build: score the new base on the first N questions only
     tiny: TinySpec = field(default_factory=TinySpec)
 
     def validate(self, key: str = "model") -> None:
         _choice(f"{key}.source", self.source, ("zoo", "pretrained"))
         _choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.build_eval_limit is not None and self.build_eval_limit <= 0:
+            _fail(f"{key}.build_eval_limit", self.build_eval_limit, "must be > 0 or null (all questions)")
         if self.source == "pretrained" and not self.name_or_path:
             _fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")
         v, t = self.tiny.vision, self.tiny.text
@@ -164,28 +167,60 @@ class DataConfig:
 # --------------------------------------------------------------------------------------------
 # method: attention, feed-forward, LoRA
 # --------------------------------------------------------------------------------------------
+ATTN_VARIANTS = ("vanilla", "diff_split", "diff_dup")
+FFN_VARIANTS = ("mlp", "swiglu")
+
+
 @dataclass
 class AttnConfig:
-    """Attention variant applied to the pretrained model."""
+    """Attention variant applied to the pretrained model (paper section 3, DESIGN.md section 2).
 
-    variant: str = "vanilla"  #: vanilla (the stock attention, untouched)
-    towers: list[str] = field(default_factory=lambda: list(TOWERS))
+    With ``variant=diff_dup dup_mode=separate lambda_schedule=constant lambda_init=0 lambda_std=0
+    branch_noise=0 head_norm=false`` the model computes exactly the pretrained attention at init.
+    """
+
+    variant: str = "vanilla"  #: vanilla | diff_split (original split-QK) | diff_dup (duplicated QK, the paper's)
+    dup_mode: str = "separate"  #: diff_dup only. shared: Q2,K2 are Q1,K1 (the paper, inert); separate: own copies + LoRA
+    towers: list[str] = field(default_factory=lambda: list(TOWERS))  #: which towers get the variant
+    head_norm: bool = True  #: per-head RMSNorm (fp32) scaled by (1 - lambda_init)
+    lambda_schedule: str = "layer"  #: layer: 0.8 - 0.6 exp(-0.3 (l - 1)); constant: lambda_init everywhere
+    lambda_init: float = 0.8  #: the constant, for lambda_schedule=constant
+    layer_index_base: int = 1  #: index l of a tower's first layer in the schedule: 1 (paper) or 0
+    lambda_std: float = 0.1  #: init std of the lambda vectors lq1, lk1, lq2, lk2 (0: lambda = lambda_init)
+    branch_noise: float = 1e-3  #: diff_dup separate: relative std of noise on Q2/K2's copies, breaking symmetry
 
     def validate(self, key: str = "attn") -> None:
-        _choice(f"{key}.variant", self.variant, ("vanilla",))
+        _choice(f"{key}.variant", self.variant, ATTN_VARIANTS)
+        _choice(f"{key}.dup_mode", self.dup_mode, ("separate", "shared"))
+        _choice(f"{key}.lambda_schedule", self.lambda_schedule, ("layer", "constant"))
+        _choice(f"{key}.layer_index_base", self.layer_index_base, (0, 1))
+        if not self.towers:
+            _fail(f"{key}.towers", self.towers, f"must name at least one of {', '.join(TOWERS)}")
         for tower in self.towers:
             _choice(f"{key}.towers", tower, TOWERS)
+        if not 0.0 <= self.lambda_init < 1.0:
+            _fail(f"{key}.lambda_init", self.lambda_init, "must be in [0, 1)")
+        if self.lambda_std < 0:
+            _fail(f"{key}.lambda_std", self.lambda_std, "must be >= 0")
+        if self.branch_noise < 0:
+            _fail(f"{key}.branch_noise", self.branch_noise, "must be >= 0")
 
 
 @dataclass
 class FfnConfig:
-    """Feed-forward variant applied to the pretrained model."""
+    """Feed-forward variant applied to the pretrained model (paper eq. 7)."""
 
-    variant: str = "mlp"  #: mlp (the pretrained FFNs, untouched)
-    towers: list[str] = field(default_factory=lambda: list(TOWERS))
+    variant: str = "mlp"  #: mlp (the pretrained FFNs, untouched) | swiglu: (silu(x W_G) * x W_1) W_2
+    towers: list[str] = field(default_factory=lambda: list(TOWERS))  #: which towers get the variant
+    #: How SigLIP's new gate W_G starts (Gemma reuses its pretrained gate, so needs none):
+    #: copy_fc1 (W_G = fc1, so silu(h) * h replaces gelu(h)) | random (fresh init; destroys the base)
+    gate_init: str = "copy_fc1"
 
     def validate(self, key: str = "ffn") -> None:
-        _choice(f"{key}.variant", self.variant, ("mlp",))
+        _choice(f"{key}.variant", self.variant, FFN_VARIANTS)
+        _choice(f"{key}.gate_init", self.gate_init, ("copy_fc1", "random"))
+        if not self.towers:
+            _fail(f"{key}.towers", self.towers, f"must name at least one of {', '.join(TOWERS)}")
         for tower in self.towers:
             _choice(f"{key}.towers", tower, TOWERS)
 

@@ -41,7 +41,9 @@ def _built_key(directory: Path) -> str | None:
     return json.loads(info.read_text()).get("key")
 
 
-def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str | None = None) -> Path:
+def resolve_tiny_base(
+    spec: TinySpec, cache_dir: str | None = None, device: str | None = None, eval_limit: int | None = None
+) -> Path:
     """Directory of the tiny base for ``spec``: the shipped one, a cached one, or a new build.
 
     The key is a hash of the whole spec (architecture and pretraining recipe), so a changed spec
@@ -70,7 +72,7 @@ def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str 
     # Build into a temporary sibling and rename, so an interrupted build never looks finished.
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
-        build_base(spec, staging, device)
+        build_base(spec, staging, device, eval_limit=eval_limit)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -83,7 +85,7 @@ def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str 
 def base_location(cfg: ModelConfig) -> str:
     """Directory or Hub id that ``from_pretrained`` loads for this model config."""
     if cfg.source == "zoo":
-        return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir))
+        return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir, eval_limit=cfg.build_eval_limit))
     return cfg.name_or_path
 
 
@@ -102,11 +104,10 @@ def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnConfig, f
     Returns the module names of new trainable parts that LoRA must save whole
     (peft ``modules_to_save``). ``vanilla`` and ``mlp`` leave the model untouched.
     """
-    if attn.variant != "vanilla":
-        raise NotImplementedError(f"attn.variant={attn.variant!r}")
-    if ffn.variant != "mlp":
-        raise NotImplementedError(f"ffn.variant={ffn.variant!r}")
-    return []
+    from .ffn import apply_ffn
+    from .surgery import apply_attention
+
+    return apply_attention(model, attn) + apply_ffn(model, ffn)
 
 
 def lora_target_regex(cfg: LoraConfig) -> str:
@@ -142,6 +143,25 @@ def build_model(
     return wrap_lora(model, lora, new_modules), processor
 
 
+VARIANTS_FILE = "diffpali.json"
+
+
+def save_adapter(model: PeftModel, adapter_dir: str | Path, variants: dict[str, Any]) -> None:
+    """Write the adapter (safetensors) and, beside it, the settings needed to rebuild the model."""
+    adapter_dir = Path(adapter_dir)
+    model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    (adapter_dir / VARIANTS_FILE).write_text(json.dumps(variants, indent=2))
+
+
 def load_adapter(base: PaliGemmaForConditionalGeneration, adapter_dir: str | Path) -> PeftModel:
-    """Reload a saved adapter (safetensors) onto a freshly loaded base."""
+    """Reload a saved adapter onto a freshly loaded base, after re-applying the run's variants.
+
+    The variant modules (differential attention, SwiGLU) are code, not weights: they are rebuilt
+    from ``diffpali.json`` and their trained tensors come from the adapter's safetensors.
+    """
+    adapter_dir = Path(adapter_dir)
+    variants_file = adapter_dir / VARIANTS_FILE
+    if variants_file.is_file():
+        saved = json.loads(variants_file.read_text())
+        apply_variants(base, AttnConfig(**saved["attn"]), FfnConfig(**saved["ffn"]))
     return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)

@@ -17,7 +17,7 @@ from .config import EvaluateConfig, TrainConfig
 from .data.datamodule import VQADataModule, load_split
 from .evaluation import score_vqa
 from .loggers import finish, make_logger
-from .model import build_model, load_adapter, load_base
+from .model import build_model, load_adapter, load_base, save_adapter
 from .module import DiffPaliModule
 
 log = logging.getLogger(__name__)
@@ -104,9 +104,10 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
 
     adapter_dir = out / ADAPTER_DIR
     if trainer.is_global_zero:
-        module.model.save_pretrained(str(adapter_dir), safe_serialization=True)
-        (adapter_dir / "diffpali.json").write_text(
-            json.dumps({"model": asdict(cfg.model), "attn": asdict(cfg.attn), "ffn": asdict(cfg.ffn), "lora": asdict(cfg.lora)}, indent=2)
+        save_adapter(
+            module.model,
+            adapter_dir,
+            {"model": asdict(cfg.model), "attn": asdict(cfg.attn), "ffn": asdict(cfg.ffn), "lora": asdict(cfg.lora)},
         )
         log.info("adapter saved to %s", adapter_dir)
 
@@ -128,8 +129,26 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     metrics["total_seconds"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         _write_json(out / METRICS_FILE, metrics)
+        if cfg.test_after_fit:
+            print(score_summary(metrics, "test/vqa_accuracy_official", cfg.data.name, out))
     finish(logger)
     return metrics
+
+
+def score_summary(metrics: dict[str, Any], key: str, dataset_name: str, out: Path) -> str:
+    """The lines a user reads at the end of a run: score, breakdown, baseline, where things are."""
+    categories = [k[len(key) + 1 :] for k in metrics if k.startswith(key + "/")]
+    parts = [f"{c} {metrics[f'{key}/{c}']:.3f}" for c in categories if metrics[f"{key}/{c}"] is not None]
+    lines = [f"VQA accuracy ({dataset_name} {key.split('/')[0]}, official VQAv2 convention): "
+             f"{metrics[key]:.3f}  [{', '.join(parts)}]"]
+    if dataset_name == "easy_vqa":
+        from .zoo.build import question_only_baseline
+
+        base = question_only_baseline("test")
+        lines.append(f"question-only baseline (answers from the question alone): {base['overall']:.3f}  "
+                     f"[yes/no {base['yes/no']:.3f}, color {base['color']:.3f}, shape {base['shape']:.3f}]")
+    lines.append(f"run directory: {out}  (metrics.json, adapter/, checkpoints/)")
+    return "\n".join(lines)
 
 
 def resolve_adapter(ckpt: str) -> Path | None:

@@ -8,8 +8,11 @@ As PaliGemma's own pretraining mixes tasks, so does the tiny base's, so that the
 - ``where``    the paper's "Top or Bottom?" / "Left or Right?" on a 2x2 grid -> top|bottom|left|right
 - ``needle``   MMNeedle's official prompt on a 2x2 grid -> "1, row, col", or "-1" when absent
 
-Example ``i`` is drawn from a generator seeded by (seed, i): the stream is the same whatever the
-number of data-loader workers.
+Each batch holds one task, drawn by the task weights from a generator seeded by (seed, batch);
+example ``i`` is drawn from a generator seeded by (seed, i). The stream is the same whatever the
+number of data-loader workers. One task per batch because the prompts differ threefold in length
+(MMNeedle's instruction is ~50 tokens, a VQA prompt ~10): mixed batches padded to the longest spent
+most of the pretraining compute on padding.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from PIL import Image
 from ..data import easy_vqa
 from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer, stitch
 
-TASK_WEIGHTS = {"vqa": 0.55, "caption": 0.10, "where": 0.20, "needle": 0.15}
+TASK_WEIGHTS = {"vqa": 0.60, "caption": 0.10, "where": 0.20, "needle": 0.10}
 GRID_N = 2
 
 
@@ -34,9 +37,10 @@ def caption_of(color: str, shape: str) -> str:
 class PretrainMixture(torch.utils.data.Dataset):
     """``length`` examples of the mixture, each an (image, prefix, suffix, task) dict."""
 
-    def __init__(self, length: int, seed: int, val_fraction: float = 0.1, cell_size: int = 64):
+    def __init__(self, length: int, seed: int, batch_size: int, cell_size: int, val_fraction: float = 0.1):
         self.length = length
         self.seed = seed
+        self.batch_size = batch_size
         self.cell_size = cell_size
         train_ids = set(easy_vqa.split_image_ids("train", val_fraction))
         raw = easy_vqa._raw("train")
@@ -57,8 +61,8 @@ class PretrainMixture(torch.utils.data.Dataset):
         return self._images[image_id]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        task = self.task_of_batch(index // self.batch_size)
         rng = random.Random(self.seed * 1_000_003 + index)
-        task = rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
         if task == "vqa":
             question, answer, image_id = self.vqa[rng.randrange(len(self.vqa))]
             return {"image": self.image(image_id), "prefix": f"answer en {question}", "suffix": answer, "task": task}
@@ -83,6 +87,10 @@ class PretrainMixture(torch.utils.data.Dataset):
             suffix = needle_answer(1, cell // GRID_N + 1, cell % GRID_N + 1)
         prefix = NEEDLE_PROMPT.format(M=1, N=GRID_N, caption=caption)
         return {"image": grid, "prefix": prefix, "suffix": suffix, "task": task}
+
+    def task_of_batch(self, batch: int) -> str:
+        rng = random.Random(f"{self.seed}/batch/{batch}")
+        return rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
 
     def _grid(self, rng: random.Random) -> tuple[Image.Image, list[str]]:
         """Four train images with four different captions, stitched row-major."""

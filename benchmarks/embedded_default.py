@@ -1,0 +1,53 @@
+"""The embedded default, measured: VQA score reached and wall time of each phase.
+
+    python benchmarks/embedded_default.py [extra train.py overrides ...]
+
+Runs ``python train.py`` (tiny PaliGemma LoRA-fine-tuned on easy-vqa, CPU) in a subprocess and
+prints its phases: the shipped base's build (read from its build_info.json: the build is run once,
+by ``python -m diffpali.zoo.build``), the LoRA fine-tune and the test-split scoring, with the score
+beside the question-only baseline. Scores use the official VQAv2 convention.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from diffpali.model import SHIPPED_TINY_DIR  # noqa: E402
+from diffpali.zoo.build import question_only_baseline  # noqa: E402
+
+
+def main() -> None:
+    build = json.loads((SHIPPED_TINY_DIR / "build_info.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.time()
+        subprocess.run(
+            [sys.executable, "train.py", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp}", *sys.argv[1:]],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        )
+        wall = time.time() - started
+        metrics = json.loads((Path(tmp) / "metrics.json").read_text())
+    key = "test/vqa_accuracy_official"
+    baseline = question_only_baseline("test")
+    print("phase                         wall time")
+    print(f"base build (shipped, {build['device']}) {build['train_seconds']:>9.0f} s  ({build['spec']['pretrain_steps']} steps, once)")
+    print(f"LoRA fine-tune                {metrics['fit_seconds']:>9.0f} s  ({metrics['train_steps']} steps)")
+    print(f"test scoring (generation)     {metrics['test_seconds']:>9.0f} s")
+    print(f"train.py end to end           {wall:>9.0f} s  (process start to exit)")
+    print()
+    print("easy-vqa test, official VQAv2 convention   overall  yes/no  color  shape")
+    row = lambda name, v: print(f"{name:<42} {v['overall']:.3f}   {v['yes/no']:.3f}   {v['color']:.3f}  {v['shape']:.3f}")  # noqa: E731
+    row("question-only baseline", baseline)
+    row("shipped base (before LoRA)", build["scores"]["test"])
+    row("LoRA fine-tuned (python train.py)", {"overall": metrics[key], **{c: metrics[f"{key}/{c}"] for c in ("yes/no", "color", "shape")}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Score the base model or a trained adapter, the same way for every variant.
+
+    python evaluate.py ckpt=<run dir | adapter dir | base> [eval=vqa] [eval.convention=simple]
+
+Every key is type-checked against ``diffpali.config.EvaluateConfig`` before anything loads.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from diffpali.cli import run_job
+from diffpali.config import EvaluateConfig, register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from diffpali.runner import evaluate
+
+    run_job(cfg, EvaluateConfig, evaluate)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""LoRA-fine-tune a (differential) PaliGemma, then score it on the test split.
+
+    python train.py                                   # embedded default: tiny PaliGemma on easy-vqa, CPU
+    python train.py attn=diff_dup ffn=swiglu          # one variant
+    python train.py -m lora.rank=16,32                # a Hydra multirun sweep
+
+Every key is type-checked against ``diffpali.config.TrainConfig`` before anything loads.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from diffpali.cli import run_job
+from diffpali.config import TrainConfig, register_configs
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from diffpali.runner import train
+
+    metrics = run_job(cfg, TrainConfig, train)
+    return metrics.get("test/vqa_accuracy_official") if metrics else None
+
+
+if __name__ == "__main__":
+    main()

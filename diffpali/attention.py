@@ -44,10 +44,12 @@ class DiffLambda(nn.Module):
     exp of a dot product is too coarse for it.
     """
 
-    def __init__(self, dim: int, lambda_init: float, std: float, device: torch.device | None = None):
+    def __init__(self, dim: int, lambda_init: float, std: float, tied: bool = False, device: torch.device | None = None):
         super().__init__()
         self.lambda_init = lambda_init
         vectors = torch.empty(4, dim, dtype=torch.float32, device=device).normal_(0.0, std)
+        if tied:  # exp(lq1.lk1) - exp(lq2.lk2) = 0 exactly, while each term still has a gradient
+            vectors[2:] = vectors[:2]
         self.lq1, self.lk1, self.lq2, self.lk2 = (nn.Parameter(v.clone()) for v in vectors)
 
     def forward(self) -> torch.Tensor:

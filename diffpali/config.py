@@ -175,8 +175,9 @@ FFN_VARIANTS = ("mlp", "swiglu")
 class AttnConfig:
     """Attention variant applied to the pretrained model (paper section 3, DESIGN.md section 2).
 
-    With ``variant=diff_dup dup_mode=separate lambda_schedule=constant lambda_init=0 lambda_std=0
-    branch_noise=0 head_norm=false`` the model computes exactly the pretrained attention at init.
+    With ``variant=diff_dup dup_mode=separate lambda_schedule=constant lambda_init=0
+    lambda_pairs=tied branch_noise=0 head_norm=false`` the model computes exactly the pretrained
+    attention at init (lambda = 0, no norm) and still trains: lambda and both branches get gradients.
     """
 
     variant: str = "vanilla"  #: vanilla | diff_split (original split-QK) | diff_dup (duplicated QK, the paper's)
@@ -186,7 +187,10 @@ class AttnConfig:
     lambda_schedule: str = "layer"  #: layer: 0.8 - 0.6 exp(-0.3 (l - 1)); constant: lambda_init everywhere
     lambda_init: float = 0.8  #: the constant, for lambda_schedule=constant
     layer_index_base: int = 1  #: index l of a tower's first layer in the schedule: 1 (paper) or 0
-    lambda_std: float = 0.1  #: init std of the lambda vectors lq1, lk1, lq2, lk2 (0: lambda = lambda_init)
+    lambda_std: float = 0.1  #: init std of the lambda vectors lq1, lk1, lq2, lk2 (0: lambda = lambda_init, frozen)
+    #: independent: four independent draws (the paper); tied: lq2 = lq1 and lk2 = lk1 at init, so
+    #: lambda starts at exactly lambda_init yet has a gradient (std 0 would leave it stuck there)
+    lambda_pairs: str = "independent"
     branch_noise: float = 1e-3  #: diff_dup separate: relative std of noise on Q2/K2's copies, breaking symmetry
 
     def validate(self, key: str = "attn") -> None:
@@ -194,6 +198,7 @@ class AttnConfig:
         _choice(f"{key}.dup_mode", self.dup_mode, ("separate", "shared"))
         _choice(f"{key}.lambda_schedule", self.lambda_schedule, ("layer", "constant"))
         _choice(f"{key}.layer_index_base", self.layer_index_base, (0, 1))
+        _choice(f"{key}.lambda_pairs", self.lambda_pairs, ("independent", "tied"))
         if not self.towers:
             _fail(f"{key}.towers", self.towers, f"must name at least one of {', '.join(TOWERS)}")
         for tower in self.towers:
@@ -354,6 +359,9 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment_name: str = "default"  #: W&B group and report row label
+    #: Row of the paper's Table 1 this run reproduces (set by conf/experiment/table1/row*.yaml);
+    #: recorded in the run's job.json, where ``python -m diffpali.report`` reads it. None: not a Table 1 run.
+    table_row: Optional[int] = None
     seed: Optional[int] = 0  #: every seed is applied, 0 included; null leaves RNGs unseeded
     output_dir: str = "."  #: set by Hydra to the run directory
     ckpt_path: Optional[str] = None  #: resume from a Lightning checkpoint, or "last"
@@ -366,6 +374,8 @@ class TrainConfig:
                 value.validate(f.name)
         if self.seed is not None and self.seed < 0:
             _fail("seed", self.seed, "must be >= 0 or null")
+        if self.table_row is not None and self.table_row < 1:
+            _fail("table_row", self.table_row, "must be >= 1 or null")
         if self.ckpt_path not in (None, "last") and not Path(self.ckpt_path).expanduser().exists():
             _fail("ckpt_path", self.ckpt_path, 'must be an existing checkpoint file, "last" or null')
 

@@ -110,11 +110,16 @@ def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnConfig, f
     return apply_attention(model, attn) + apply_ffn(model, ffn)
 
 
+#: diff_dup (separate) gives each attention a second query/key projection; it is adapted with its twin.
+SECOND_BRANCH = {"q_proj": "q2_proj", "k_proj": "k2_proj"}
+
+
 def lora_target_regex(cfg: LoraConfig) -> str:
     """One regex over full module names: the chosen projections, in the chosen towers only."""
     parts = []
     for tower in cfg.towers:
         names = cfg.text_targets if tower == "text" else cfg.vision_targets
+        names = [*names, *(SECOND_BRANCH[n] for n in names if n in SECOND_BRANCH)]
         parts.append(rf"{TOWER_PATTERNS[tower]}.*\.({'|'.join(map(re.escape, names))})")
     if cfg.train_projector:
         parts.append(r"model\.multi_modal_projector\.linear")

@@ -16,6 +16,7 @@ from .data.collate import model_inputs, to_device
 from .evaluation import CATEGORIES
 from .generation import generate_answers
 from .metrics import VQAAccuracy, vqa_accuracy
+from .surgery import lambda_values
 
 
 def warmup_cosine(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -70,6 +71,10 @@ class DiffPaliModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=len(batch["meta"]))
+        if self.global_step % self.trainer.log_every_n_steps == 0:
+            # The paper's failure mode is lambda collapsing to 0 or 1: watch every layer's value.
+            for name, value in lambda_values(self.model).items():
+                self.log(f"lambda/{name}", value, batch_size=len(batch["meta"]))
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -180,7 +180,7 @@ def _convert(name: str, module: nn.Module, depth: int, cfg: AttnConfig) -> list[
     lambda_init = lambda_init_for(depth, cfg)
     device = module.q_proj.weight.device
     branch_dim = module.head_dim // 2 if cfg.variant == "diff_split" else module.head_dim
-    module.diff_lambda = DiffLambda(branch_dim, lambda_init, cfg.lambda_std, device)
+    module.diff_lambda = DiffLambda(branch_dim, lambda_init, cfg.lambda_std, cfg.lambda_pairs == "tied", device)
     saved = ["diff_lambda"]
     if cfg.head_norm:
         module.diff_norm = HeadRMSNorm(module.head_dim, lambda_init, device)
@@ -210,6 +210,22 @@ def apply_attention(model: nn.Module, cfg: AttnConfig) -> list[str]:
     implementation = implementation_name(cfg)
     model.set_attn_implementation({TOWERS[tower][2]: implementation for tower in cfg.towers})
     return sorted(saved)
+
+
+def lambda_values(model: nn.Module) -> dict[str, float]:
+    """Current lambda of every converted layer, keyed ``{tower}/layer{depth}`` (empty for vanilla).
+
+    Works on a bare or peft-wrapped model: the lambda modules are called (peft forwards calls to
+    the trained copy), never read attribute by attribute.
+    """
+    values: dict[str, float] = {}
+    for tower, (prefix, cls, _) in TOWERS.items():
+        # a peft wrapper prepends "base_model.model." to the names, hence `in`, not startswith
+        layers = [m for n, m in model.named_modules() if prefix in n and isinstance(m, cls) and hasattr(m, "diff_lambda")]
+        for depth, module in enumerate(layers):
+            with torch.no_grad():
+                values[f"{tower}/layer{depth}"] = float(module.diff_lambda())
+    return values
 
 
 ensure_registered()

@@ -35,7 +35,7 @@ EXACT = dict(
     dup_mode="separate",
     lambda_schedule="constant",
     lambda_init=0.0,
-    lambda_std=0.0,
+    lambda_pairs="tied",
     branch_noise=0.0,
     head_norm=False,
 )
@@ -48,11 +48,8 @@ def attn(**fields) -> AttnConfig:
 
 
 def lora_config() -> LoraConfig:
-    """LoRA on the default projections plus the second branch of diff_dup separate."""
-    cfg = LoraConfig(rank=4, alpha=8.0)
-    cfg.text_targets = [*cfg.text_targets, "q2_proj", "k2_proj"]
-    cfg.vision_targets = [*cfg.vision_targets, "q2_proj", "k2_proj"]
-    return cfg
+    """The default LoRA targets: q2_proj/k2_proj are adapted wherever q_proj/k_proj are."""
+    return LoraConfig(rank=4, alpha=8.0)
 
 
 def converted(model, **fields):
@@ -311,6 +308,21 @@ def test_exact_setting_reproduces_pretrained_logits(tiny_model, tiny_batch):
     model = converted(tiny_model, **EXACT)
     assert type(attention_modules(model, "text")[0][1]).__name__ == "SeparateBranchGemmaAttention"
     torch.testing.assert_close(logits(model, inputs), pretrained, rtol=0, atol=1e-6)
+
+
+def test_exact_setting_still_trains_lambda(tiny_model, tiny_batch):
+    """Tied pairs give lambda = 0 exactly at init, yet a real gradient (std 0 would freeze it)."""
+    pristine = copy.deepcopy(tiny_model)
+    model = converted(tiny_model, **EXACT)
+    lambdas = [m.diff_lambda() for _, m in attention_modules(model, "text")]
+    assert all(lam.item() == 0.0 for lam in lambdas)
+    grads = lambda_gradients(model, tiny_batch)
+    assert grads.abs().min() > 0
+    frozen = converted(pristine, **{**EXACT, "lambda_pairs": "independent", "lambda_std": 0.0})
+    vectors = [p for n, p in frozen.named_parameters() if ".diff_lambda." in n]
+    frozen.zero_grad()
+    frozen(**model_inputs(tiny_batch)).loss.backward()
+    assert all(v.grad is None or v.grad.abs().max() == 0 for v in vectors)
 
 
 def test_lambda_init_schedule(tiny_model):

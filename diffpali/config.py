@@ -44,10 +44,10 @@ TOWERS = ("vision", "text")
 class VisionSpec:
     """SigLIP vision tower of the tiny zoo model."""
 
-    hidden_size: int = 128
-    num_hidden_layers: int = 4
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
-    intermediate_size: int = 512
+    intermediate_size: int = 256
     image_size: int = 64  #: input side in pixels: easy-vqa's native 64; a 2x2 grid has 32 px cells
     patch_size: int = 16  #: 16 image tokens; patch 8 (64 tokens) learns ~4x slower per CPU second
 
@@ -57,7 +57,7 @@ class TextSpec:
     """Gemma text decoder of the tiny zoo model."""
 
     hidden_size: int = 128
-    num_hidden_layers: int = 4
+    num_hidden_layers: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 1  #: multi-query, as in Gemma 2B
     head_dim: int = 32
@@ -75,9 +75,9 @@ class TinySpec:
 
     vision: VisionSpec = field(default_factory=VisionSpec)
     text: TextSpec = field(default_factory=TextSpec)
-    pretrain_steps: int = 2500  #: optimiser steps of the full (non-LoRA) multitask pretraining
-    pretrain_batch_size: int = 128
-    pretrain_lr: float = 2e-3
+    pretrain_steps: int = 5000  #: optimiser steps of the full (non-LoRA) multitask pretraining
+    pretrain_batch_size: int = 64
+    pretrain_lr: float = 3e-3
     pretrain_seed: int = 0
 
 

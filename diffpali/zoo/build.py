@@ -98,7 +98,7 @@ def build_base(
     )
     # fused: the per-tensor Adam loop took a fifth of each CPU step on this many small tensors
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.pretrain_lr, weight_decay=0.01, fused=True)
-    warmup = max(1, spec.pretrain_steps // 20)
+    warmup = max(1, spec.pretrain_steps // 100)
     use_bf16 = device.startswith("cuda")
     model.train()
     losses: list[float] = []

@@ -26,7 +26,10 @@ from PIL import Image
 from ..data import easy_vqa
 from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer, stitch
 
-TASK_WEIGHTS = {"vqa": 0.60, "caption": 0.10, "where": 0.20, "needle": 0.10}
+#: Captions and grid tasks are implemented but off in the shipped recipe. On a CPU, with 20% of
+#: batches on them (captions alone too), the tiny model stayed image-blind (answering from the
+#: question alone, 0.65) for 1500 steps, while VQA alone left that plateau by step 600.
+TASK_WEIGHTS = {"vqa": 1.0, "caption": 0.0, "where": 0.0, "needle": 0.0}
 GRID_N = 2
 
 

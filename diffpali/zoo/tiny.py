@@ -22,7 +22,7 @@ from ..config import TinySpec
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 #: Bump when the build recipe changes in a way the spec does not capture.
-RECIPE_VERSION = 3
+RECIPE_VERSION = 6
 
 
 def spec_key(spec: TinySpec) -> str:

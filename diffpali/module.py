@@ -12,7 +12,7 @@ import lightning as L
 import torch
 
 from .config import OptimConfig
-from .data.collate import model_inputs, to_device
+from .data.collate import model_inputs
 from .evaluation import CATEGORIES
 from .generation import generate_answers
 from .metrics import VQAAccuracy, vqa_accuracy
@@ -58,10 +58,6 @@ class DiffPaliModule(L.LightningModule):
         self.log_predictions = log_predictions
         self.test_predictions: list[dict[str, Any]] = []
         self.strict_loading = False  # checkpoints hold trainable tensors only
-
-    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict[str, Any]:
-        # Only tensors move; the metadata (answers, record references) stays as Python objects.
-        return to_device(batch, device)
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

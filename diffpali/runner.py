@@ -63,6 +63,7 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         L.seed_everything(cfg.seed, workers=True)
 
     model, processor = build_model(cfg.model, cfg.attn, cfg.ffn, cfg.lora)
+    model.train()  # from_pretrained returns eval mode, which Lightning would keep (and warn about)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("model %s: %d trainable of %d parameters (%.2f%%)", cfg.model.name, trainable, total, 100 * trainable / total)
     datamodule = VQADataModule(cfg.data, processor, seed=cfg.seed)

@@ -30,7 +30,7 @@ class BadRecordError(ValueError):
     """A dataset record cannot be used. The message names the dataset, split, index and problem."""
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning rebuilds dataclasses in a batch when moving it to the device
 class RecordRef:
     """Where a record lives, for error messages."""
 

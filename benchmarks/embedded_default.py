@@ -37,7 +37,7 @@ def main() -> None:
     key = "test/vqa_accuracy_official"
     baseline = question_only_baseline("test")
     print("phase                         wall time")
-    print(f"base build (shipped, {build['device']}) {build['train_seconds']:>9.0f} s  ({build['spec']['pretrain_steps']} steps, once)")
+    print(f"base build (shipped, {build['device']:<4}) {build['train_seconds']:>10.0f} s  ({build['spec']['pretrain_steps']} steps, once)")
     print(f"LoRA fine-tune                {metrics['fit_seconds']:>9.0f} s  ({metrics['train_steps']} steps)")
     print(f"test scoring (generation)     {metrics['test_seconds']:>9.0f} s")
     print(f"train.py end to end           {wall:>9.0f} s  (process start to exit)")

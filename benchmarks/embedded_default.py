@@ -36,11 +36,15 @@ def main() -> None:
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
     key = "test/vqa_accuracy_official"
     baseline = question_only_baseline("test")
-    print("phase                         wall time")
-    print(f"base build (shipped, {build['device']:<4}) {build['train_seconds']:>10.0f} s  ({build['spec']['pretrain_steps']} steps, once)")
-    print(f"LoRA fine-tune                {metrics['fit_seconds']:>9.0f} s  ({metrics['train_steps']} steps)")
-    print(f"test scoring (generation)     {metrics['test_seconds']:>9.0f} s")
-    print(f"train.py end to end           {wall:>9.0f} s  (process start to exit)")
+    rows = [
+        (f"base build (shipped, {build['device']})", build["train_seconds"], f"{build['spec']['pretrain_steps']} steps, once"),
+        ("LoRA fine-tune", metrics["fit_seconds"], f"{metrics['train_steps']} steps"),
+        ("test scoring (generation)", metrics["test_seconds"], ""),
+        ("train.py end to end", wall, "process start to exit"),
+    ]
+    print(f"{'phase':<30}{'wall time':>12}")
+    for label, seconds, note in rows:
+        print(f"{label:<30}{seconds:>10.0f} s" + (f"  ({note})" if note else ""))
     print()
     print("easy-vqa test, official VQAv2 convention   overall  yes/no  color  shape")
     row = lambda name, v: print(f"{name:<42} {v['overall']:.3f}   {v['yes/no']:.3f}   {v['color']:.3f}  {v['shape']:.3f}")  # noqa: E731

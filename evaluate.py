@@ -16,9 +16,13 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from diffpali.runner import evaluate
+    run_job(cfg, EvaluateConfig, _evaluate)
 
-    run_job(cfg, EvaluateConfig, evaluate)
+
+def _evaluate(cfg: EvaluateConfig, run_name: str) -> dict:
+    from diffpali.runner import evaluate  # torch and transformers load only once the config is valid
+
+    return evaluate(cfg, run_name)
 
 
 if __name__ == "__main__":

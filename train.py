@@ -18,10 +18,14 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from diffpali.runner import train
-
-    metrics = run_job(cfg, TrainConfig, train)
+    metrics = run_job(cfg, TrainConfig, _train)
     return metrics.get("test/vqa_accuracy_official") if metrics else None
+
+
+def _train(cfg: TrainConfig, run_name: str) -> dict:
+    from diffpali.runner import train  # torch and transformers load only once the config is valid
+
+    return train(cfg, run_name)
 
 
 if __name__ == "__main__":

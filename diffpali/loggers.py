@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,29 @@ def wandb_mode(cfg: LoggerConfig) -> str:
     return "online" if wandb_logged_in() else "offline"
 
 
+def variant_tags(config: dict[str, Any]) -> list[str]:
+    """W&B tags naming what a run varies: ``attn=diff_dup``, ``ffn=swiglu``, ``lora_r=32``, ``table1_row=2``."""
+    tags = []
+    attn = config.get("attn") or {}
+    if attn.get("variant"):
+        tags.append(f"attn={attn['variant']}")
+        if attn["variant"] == "diff_dup" and attn.get("dup_mode"):
+            tags.append(f"dup_mode={attn['dup_mode']}")
+    if (config.get("ffn") or {}).get("variant"):
+        tags.append(f"ffn={config['ffn']['variant']}")
+    if (config.get("lora") or {}).get("rank") is not None:
+        tags.append(f"lora_r={config['lora']['rank']}")
+    if config.get("table_row") is not None:
+        tags.append(f"table1_row={config['table_row']}")
+    return tags
+
+
 def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, config: dict[str, Any]) -> Logger | None:
-    """Build the configured logger and record the fully resolved config in it."""
+    """Build the configured logger and record the fully resolved config in it.
+
+    A W&B run is named by the job's overrides, grouped by experiment (a multirun job: experiment and
+    sweep, set by :func:`diffpali.cli.run_job`), and tagged with ``cfg.tags`` plus :func:`variant_tags`.
+    """
     if cfg.kind == "none":
         return None
     if cfg.kind == "csv":
@@ -50,7 +72,7 @@ def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, 
             entity=cfg.entity,
             name=name,
             group=group,
-            tags=list(cfg.tags),
+            tags=list(dict.fromkeys([*cfg.tags, *variant_tags(config)])),
             save_dir=str(save_dir),
             mode=mode,
         )
@@ -64,3 +86,10 @@ def finish(logger: Logger | None) -> None:
         import wandb
 
         wandb.finish()
+
+
+def finish_failed() -> None:
+    """Mark the open W&B run (if any) as failed and close it, so the next job of a multirun starts its own."""
+    wandb = sys.modules.get("wandb")  # never import W&B just to find that no run is open
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=1)

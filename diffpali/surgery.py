@@ -86,11 +86,8 @@ class SeparateBranchGemmaAttention(GemmaAttention):
         past_key_values=None,
         **kwargs,
     ) -> tuple[torch.Tensor, None]:
+        query, key, value = _branch_heads(self, hidden_states)
         input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        query = _two_branches(self.q_proj, self.q2_proj, hidden_states).view(hidden_shape).transpose(1, 2)
-        key = _two_branches(self.k_proj, self.k2_proj, hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb(query, key, cos, sin)
         if past_key_values is not None:
@@ -115,11 +112,8 @@ class SeparateBranchSiglipAttention(SiglipAttention):
     def forward(
         self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
     ) -> tuple[torch.Tensor, None]:
+        query, key, value = _branch_heads(self, hidden_states)
         input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        query = _two_branches(self.q_proj, self.q2_proj, hidden_states).view(hidden_shape).transpose(1, 2)
-        key = _two_branches(self.k_proj, self.k2_proj, hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         output, weights = attention(
             self,
@@ -140,9 +134,20 @@ SEPARATE_BRANCH_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
 }
 
 
-def _two_branches(first: nn.Module, second: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
-    """Both projections side by side in the feature dim: a view by head_dim makes them extra heads."""
-    return torch.cat([first(hidden_states), second(hidden_states)], dim=-1)
+def _branch_heads(module: nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[Q1; Q2], [K1; K2] and V as (batch, heads, seq, head_dim).
+
+    Each pair of projections is concatenated in the feature dim, so a view by head_dim turns the
+    second branch into extra heads.
+    """
+    hidden_shape = (*hidden_states.shape[:-1], -1, module.head_dim)
+
+    def heads(projected: torch.Tensor) -> torch.Tensor:
+        return projected.view(hidden_shape).transpose(1, 2)
+
+    query = heads(torch.cat([module.q_proj(hidden_states), module.q2_proj(hidden_states)], dim=-1))
+    key = heads(torch.cat([module.k_proj(hidden_states), module.k2_proj(hidden_states)], dim=-1))
+    return query, key, heads(module.v_proj(hidden_states))
 
 
 def attention_modules(model: nn.Module, tower: str) -> list[tuple[str, nn.Module]]:

@@ -27,11 +27,15 @@ class VQAResult:
     predictions: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self, prefix: str = "") -> dict[str, Any]:
-        """Flat metrics; a category with no questions is None (not 0, which would read as a score)."""
-        out: dict[str, Any] = {f"{prefix}vqa_accuracy": self.overall, f"{prefix}count": self.count}
+        """Flat metrics named as training names them (``test/vqa_accuracy_official/color``).
+
+        The convention is part of every key, so no number is read under the wrong rule; a category
+        with no questions is None (not 0, which would read as a score).
+        """
+        key = f"{prefix}vqa_accuracy_{self.convention}"
+        out: dict[str, Any] = {key: self.overall, f"{prefix}count": self.count}
         for name, value in self.by_category.items():
-            out[f"{prefix}vqa_accuracy/{name}"] = None if math.isnan(value) else value
-        out[f"{prefix}convention"] = self.convention
+            out[f"{key}/{name}"] = None if math.isnan(value) else value
         return out
 
 

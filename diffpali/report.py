@@ -124,10 +124,7 @@ class Job:
         """The official VQA accuracy (fraction) or None."""
         if self.status != "completed":
             return None
-        value = self.metrics.get(METRIC)
-        if value is None and self.metrics.get("convention") == "official":
-            value = self.metrics.get("test/vqa_accuracy")
-        return _finite(value)
+        return _finite(self.metrics.get(METRIC))
 
     @property
     def needle(self) -> dict[str, float]:

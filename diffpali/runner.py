@@ -192,7 +192,8 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
         device=device,
         keep_predictions=cfg.logger.log_predictions,
     )
-    metrics = {"ckpt": cfg.ckpt, "split": cfg.eval.split, "seed": cfg.seed, **result.as_dict(f"{cfg.eval.split}/")}
+    metrics = {"ckpt": cfg.ckpt, "split": cfg.eval.split, "seed": cfg.seed, "convention": result.convention,
+               **result.as_dict(f"{cfg.eval.split}/")}
     metrics["eval_seconds"] = round(time.time() - started, 1)
     _write_json(out / METRICS_FILE, metrics)
     logger = make_logger(cfg.logger, out, run_name, "evaluate", asdict(cfg))

@@ -85,7 +85,7 @@ def test_evaluate_scores_the_trained_adapter_exactly_as_training_did(trained_run
     scored = json.loads((eval_dir / "metrics.json").read_text())
     assert scored["convention"] == "official" and scored["test/count"] == 40
     # one scorer, one generation loop: the same adapter gets the same number in both places
-    assert scored["test/vqa_accuracy"] == pytest.approx(trained["test/vqa_accuracy_official"], abs=1e-9)
+    assert scored["test/vqa_accuracy_official"] == pytest.approx(trained["test/vqa_accuracy_official"], abs=1e-9)
 
 
 def test_a_bad_value_exits_before_loading_anything(tmp_path):

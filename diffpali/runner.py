@@ -131,24 +131,27 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     if trainer.is_global_zero:
         _write_json(out / METRICS_FILE, metrics)
         if cfg.test_after_fit:
-            print(score_summary(metrics, "test/vqa_accuracy_official", cfg.data.name, out))
+            print(score_summary(metrics, "test/vqa_accuracy_official", cfg.data.name, out,
+                                "metrics.json, adapter/, checkpoints/"))
     finish(logger)
     return metrics
 
 
-def score_summary(metrics: dict[str, Any], key: str, dataset_name: str, out: Path) -> str:
+def score_summary(metrics: dict[str, Any], key: str, dataset_name: str, out: Path, contents: str = "metrics.json") -> str:
     """The lines a user reads at the end of a run: score, breakdown, baseline, where things are."""
     categories = [k[len(key) + 1 :] for k in metrics if k.startswith(key + "/")]
     parts = [f"{c} {metrics[f'{key}/{c}']:.3f}" for c in categories if metrics[f"{key}/{c}"] is not None]
-    lines = [f"VQA accuracy ({dataset_name} {key.split('/')[0]}, official VQAv2 convention): "
+    convention = key.rsplit("_", 1)[-1]
+    convention = "official VQAv2" if convention == "official" else "the paper's simple min(n/3, 1)"
+    lines = [f"VQA accuracy ({dataset_name} {key.split('/')[0]}, {convention} convention): "
              f"{metrics[key]:.3f}  [{', '.join(parts)}]"]
-    if dataset_name == "easy_vqa":
+    if dataset_name == "easy_vqa" and key.startswith("test/"):
         from .zoo.build import question_only_baseline
 
         base = question_only_baseline("test")
-        lines.append(f"question-only baseline (answers from the question alone): {base['overall']:.3f}  "
+        lines.append(f"question-only baseline (full test split, answers from the question alone): {base['overall']:.3f}  "
                      f"[yes/no {base['yes/no']:.3f}, color {base['color']:.3f}, shape {base['shape']:.3f}]")
-    lines.append(f"run directory: {out}  (metrics.json, adapter/, checkpoints/)")
+    lines.append(f"run directory: {out}  ({contents})")
     return "\n".join(lines)
 
 
@@ -196,6 +199,7 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
                **result.as_dict(f"{cfg.eval.split}/")}
     metrics["eval_seconds"] = round(time.time() - started, 1)
     _write_json(out / METRICS_FILE, metrics)
+    print(score_summary(metrics, f"{cfg.eval.split}/vqa_accuracy_{cfg.eval.convention}", cfg.data.name, out))
     logger = make_logger(cfg.logger, out, run_name, "evaluate", asdict(cfg))
     if logger is not None:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -20,7 +20,6 @@ exits a single run with status 2 and one line naming the key; in a multirun it f
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -34,6 +33,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, to_typed
+from .jsonio import write_json_atomic
 
 log = logging.getLogger("diffpali")
 
@@ -135,7 +135,7 @@ def check_launch(typed: Any, hc: Any) -> None:
             raise ConfigError(
                 f"trainer.strategy={trainer.strategy!r} trainer.devices={trainer.devices!r} "
                 f"trainer.num_nodes={trainer.num_nodes}: Lightning would relaunch this whole multirun in every "
-                f"extra rank; use hydra/launcher=submitit_slurm (one job per node), or single runs (see {SCALING_DOC})"
+                f"extra rank; use hydra/launcher=slurm (one job per node), or single runs (see {SCALING_DOC})"
             )
 
 
@@ -207,11 +207,11 @@ class _JobRecord:
             return
         out.mkdir(parents=True, exist_ok=True)
         (out / FAILED_FILE).unlink(missing_ok=True)  # a re-run in the same directory starts clean
-        _write_json(out / JOB_FILE, self._payload("running", typed))
+        write_json_atomic(out / JOB_FILE, self._payload("running", typed))
 
     def completed(self, out: Path, typed: Any) -> None:
         if is_rank_zero():
-            _write_json(out / JOB_FILE, self._payload("completed", typed))
+            write_json_atomic(out / JOB_FILE, self._payload("completed", typed))
 
     def failed(self, out: Path, err: BaseException, typed: Any) -> None:
         if not is_rank_zero():
@@ -228,8 +228,8 @@ class _JobRecord:
                 "job_num": self.base["job_num"],
                 "time": _stamp(time.time()),
             }
-            _write_json(out / FAILED_FILE, failure)
-            _write_json(out / JOB_FILE, self._payload("failed", typed))
+            write_json_atomic(out / FAILED_FILE, failure)
+            write_json_atomic(out / JOB_FILE, self._payload("failed", typed))
             log.error("job failed: %s: %s (recorded in %s)", type(err).__name__, err, out / FAILED_FILE)
         except OSError as io_err:  # never hide the job's own error behind a bookkeeping one
             log.error("could not record the failure in %s: %s", out, io_err)
@@ -245,12 +245,6 @@ def _plain(cfg: DictConfig) -> dict[str, Any] | None:
 
 def _stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)  # atomic: a reader (the report, mid-sweep) never sees half a file
 
 
 def _route_lightning_logs_through_hydra() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -16,6 +15,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from .config import EvaluateConfig, TrainConfig
 from .data.datamodule import VQADataModule, load_split
 from .evaluation import score_vqa
+from .jsonio import write_json_atomic
 from .loggers import finish, make_logger
 from .model import build_model, load_adapter, load_base, save_adapter
 from .module import DiffPaliModule
@@ -23,12 +23,6 @@ from .module import DiffPaliModule
 log = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.json"
-
-
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=str))
-    tmp.replace(path)  # atomic: a reader never sees half a file
 
 
 def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> None:
@@ -39,7 +33,6 @@ def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> 
     import wandb
     from PIL import Image
 
-    from .data.collate import load_rgb
 
     columns = ["question_id", "image", "question", "prediction", "answers", "score"]
     data = []
@@ -51,7 +44,6 @@ def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> 
              row["prediction"], ", ".join(sorted(set(row["answers"]))), row["score"]]
         )
     logger.experiment.log({key: wandb.Table(columns=columns, data=data)})
-    del load_rgb
 
 
 def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
@@ -129,23 +121,24 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         _log_prediction_table(logger, module.test_predictions, "test/predictions")
     metrics["total_seconds"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
-        _write_json(out / METRICS_FILE, metrics)
+        write_json_atomic(out / METRICS_FILE, metrics)
         if cfg.test_after_fit:
-            print(score_summary(metrics, "test/vqa_accuracy_official", cfg.data.name, out,
-                                "metrics.json, adapter/, checkpoints/"))
+            print(score_summary(metrics, "test", cfg.data.name, out, "metrics.json, adapter/, checkpoints/"))
     finish(logger)
     return metrics
 
 
-def score_summary(metrics: dict[str, Any], key: str, dataset_name: str, out: Path, contents: str = "metrics.json") -> str:
+CONVENTION_NAMES = {"official": "official VQAv2", "simple": "the paper's simple min(n/3, 1)"}
+
+
+def score_summary(metrics: dict[str, Any], split: str, dataset_name: str, out: Path, contents: str = "metrics.json") -> str:
     """The lines a user reads at the end of a run: score, breakdown, baseline, where things are."""
+    key = f"{split}/vqa_accuracy_{metrics['convention']}"
     categories = [k[len(key) + 1 :] for k in metrics if k.startswith(key + "/")]
     parts = [f"{c} {metrics[f'{key}/{c}']:.3f}" for c in categories if metrics[f"{key}/{c}"] is not None]
-    convention = key.rsplit("_", 1)[-1]
-    convention = "official VQAv2" if convention == "official" else "the paper's simple min(n/3, 1)"
-    lines = [f"VQA accuracy ({dataset_name} {key.split('/')[0]}, {convention} convention): "
+    lines = [f"VQA accuracy ({dataset_name} {split}, {CONVENTION_NAMES[metrics['convention']]} convention): "
              f"{metrics[key]:.3f}  [{', '.join(parts)}]"]
-    if dataset_name == "easy_vqa" and key.startswith("test/"):
+    if dataset_name == "easy_vqa" and split == "test":
         from .zoo.build import question_only_baseline
 
         base = question_only_baseline("test")
@@ -198,8 +191,8 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
     metrics = {"ckpt": cfg.ckpt, "split": cfg.eval.split, "seed": cfg.seed, "convention": result.convention,
                **result.as_dict(f"{cfg.eval.split}/")}
     metrics["eval_seconds"] = round(time.time() - started, 1)
-    _write_json(out / METRICS_FILE, metrics)
-    print(score_summary(metrics, f"{cfg.eval.split}/vqa_accuracy_{cfg.eval.convention}", cfg.data.name, out))
+    write_json_atomic(out / METRICS_FILE, metrics)
+    print(score_summary(metrics, cfg.eval.split, cfg.data.name, out))
     logger = make_logger(cfg.logger, out, run_name, "evaluate", asdict(cfg))
     if logger is not None:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

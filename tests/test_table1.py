@@ -151,8 +151,9 @@ def test_the_grid_without_multirun_is_a_config_error(hydra_conf):
 def test_multirun_with_in_process_ddp_is_refused_but_single_runs_and_submitit_are_not(hydra_conf):
     ddp = ["trainer.accelerator=cpu", "trainer.strategy=ddp", "trainer.devices=2"]
     cfg = typed(*ddp)
-    with pytest.raises(ConfigError, match="relaunch this whole multirun"):
+    with pytest.raises(ConfigError, match="relaunch this whole multirun") as refused:
         check_launch(cfg, hydra_node(*ddp, mode=RunMode.MULTIRUN))
+    assert "use hydra/launcher=slurm " in str(refused.value)  # the launcher name the user can type
     check_launch(cfg, hydra_node(*ddp, mode=RunMode.RUN))
     check_launch(typed(), hydra_node(mode=RunMode.MULTIRUN))  # one device: any sweep is fine
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")

@@ -119,7 +119,6 @@ def build_base(
             probe = score_vqa(model, processor, progress_set, dataset_name="easy_vqa", split="validation",
                               prompt="answer en {question}", batch_size=eval_batch_size, max_new_tokens=4, device=device)
             log.info("step %d: validation[:512] VQA accuracy (official) %.3f %s", step, probe.overall, probe.by_category)
-            model.train()
     train_seconds = time.time() - start
 
     scores = {}

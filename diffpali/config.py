@@ -380,18 +380,72 @@ class TrainConfig:
             _fail("ckpt_path", self.ckpt_path, 'must be an existing checkpoint file, "last" or null')
 
 
+EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention")
+
+
 @dataclass
 class EvalTaskConfig:
-    """What ``evaluate.py`` scores."""
+    """What ``evaluate.py`` scores: ``eval=vqa | mmneedle | pope | attention`` (conf/eval/*.yaml).
 
-    task: str = "vqa"  #: vqa
-    split: str = "test"
+    One flat group, so every task is steered with the same short keys (``eval.limit=50``); each
+    field says which tasks read it. Haystacks and probes are built from ``split``'s images (test by
+    default, never train) with a fixed seed and cached on disk, so every model sees the same samples.
+    """
+
+    task: str = "vqa"  #: vqa | mmneedle | pope | attention
+    split: str = "test"  #: the split scored (vqa) or whose images build haystacks and probes
+    limit: Optional[int] = None  #: score the first N questions / samples only (quick runs); null: all
+    batch_size: Optional[int] = None  #: generation batch; null: data.eval_batch_size
+    max_new_tokens: Optional[int] = None  #: null: data.max_new_tokens (mmneedle official: at least 8)
+    # --- vqa -------------------------------------------------------------------------------
     convention: str = "official"  #: official (VQAv2 vqaEval.py) | simple (the paper's min(n/3, 1))
+    # --- mmneedle, attention: haystacks ------------------------------------------------------
+    source: str = "easy_vqa"  #: easy_vqa (embedded; captions "a {color} {shape}") | coco (2014 val, local)
+    coco_captions: str = ""  #: source=coco: captions_val2014.json
+    coco_instances: str = ""  #: source=coco, pope: instances_val2014.json
+    coco_images: str = ""  #: source=coco: the val2014 image folder
+    mode: str = "paper"  #: paper (M=1, N=2, "Top or Bottom?" then "Left or Right?") | official (MMNeedle prompt)
+    images: int = 1  #: M, stitched images per sample (official mode)
+    grid: int = 2  #: N, an N x N grid of sub-images per stitched image
+    cell_size: Optional[int] = None  #: side of a sub-image in px; null: the model's input size / N
+    samples: int = 200  #: haystacks built; paper mode spreads them evenly over the N*N cells
+    negative_fraction: float = 0.5  #: official mode: share of samples whose caption is not in the haystack
+    haystack_seed: int = 0  #: fixes haystacks and probes; recorded in metrics.json
+    cache_dir: Optional[str] = None  #: where built haystacks and probes are kept; null: ~/.cache/diffpali
+    # --- pope --------------------------------------------------------------------------------
+    setting: str = "all"  #: random | popular | adversarial | all (the three, one after another)
+    probe_images: int = 500  #: images probed per setting (each gets equal present and absent questions)
+    # --- attention -------------------------------------------------------------------------
+    overlays: int = 4  #: samples drawn with their attention overlay
 
     def validate(self, key: str = "eval") -> None:
-        _choice(f"{key}.task", self.task, ("vqa",))
+        _choice(f"{key}.task", self.task, EVAL_TASKS)
         _choice(f"{key}.convention", self.convention, ("official", "simple"))
         _choice(f"{key}.split", self.split, ("train", "validation", "test"))
+        _choice(f"{key}.source", self.source, ("easy_vqa", "coco"))
+        _choice(f"{key}.mode", self.mode, ("paper", "official"))
+        _choice(f"{key}.setting", self.setting, ("random", "popular", "adversarial", "all"))
+        for name in ("limit", "batch_size", "max_new_tokens", "cell_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                _fail(f"{key}.{name}", value, "must be > 0 or null (the default)")
+        for name in ("images", "grid", "samples", "probe_images"):
+            _positive(f"{key}.{name}", getattr(self, name))
+        if self.overlays < 0:
+            _fail(f"{key}.overlays", self.overlays, "must be >= 0")
+        if not 0.0 <= self.negative_fraction < 1.0:
+            _fail(f"{key}.negative_fraction", self.negative_fraction, "must be in [0, 1)")
+        if self.task in ("mmneedle", "attention") and self.mode == "paper" and (self.images, self.grid) != (1, 2):
+            _fail(f"{key}.mode", self.mode, "paper mode is M=1, N=2 (eval.images=1 eval.grid=2); use mode=official otherwise")
+        if self.task in ("mmneedle", "attention") and self.mode == "paper" and self.samples % 4:
+            _fail(f"{key}.samples", self.samples, "paper mode balances the 4 cells: must be a multiple of 4")
+        if self.source == "coco":
+            needed = {"mmneedle": ("coco_captions", "coco_images"), "attention": ("coco_captions", "coco_images"),
+                      "pope": ("coco_instances", "coco_images")}.get(self.task, ())
+            for name in needed:
+                value = getattr(self, name)
+                if not value or not Path(value).expanduser().exists():
+                    _fail(f"{key}.{name}", value, f"source=coco needs an existing path for eval={self.task}")
 
 
 @dataclass

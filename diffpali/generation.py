@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
-from .data.collate import model_inputs
+from .data.collate import PaliGemmaCollator, model_inputs, to_device
 
 
 def clean_answer(text: str) -> str:
@@ -34,3 +34,31 @@ def generate_answers(model: Any, processor: Any, batch: dict[str, Any], max_new_
     new_tokens = output[:, prompt_length:]
     texts = processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [clean_answer(t) for t in texts]
+
+
+@torch.no_grad()
+def generate_for_examples(
+    model: Any,
+    processor: Any,
+    examples: Sequence[dict[str, Any]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    device: torch.device | str = "cpu",
+    source: str = "examples",
+) -> list[str]:
+    """Answers for ``examples`` (each with ``image`` or ``images``, and ``prefix``), in order.
+
+    The one path every generative evaluation (MMNeedle, POPE) takes, so no task is decoded differently.
+    """
+    collate = PaliGemmaCollator(processor, train=False, dataset_name=source)
+    was_training = model.training
+    model.eval()
+    answers: list[str] = []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = collate(list(examples[start : start + batch_size]))
+            answers += generate_answers(model, processor, to_device(batch, device), max_new_tokens)
+    finally:
+        model.train(was_training)
+    return answers

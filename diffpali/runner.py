@@ -13,8 +13,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from .config import EvaluateConfig, TrainConfig
-from .data.datamodule import VQADataModule, load_split
-from .evaluation import score_vqa
+from .data.datamodule import VQADataModule
 from .jsonio import write_json_atomic
 from .loggers import finish, make_logger
 from .model import build_model, load_adapter, load_base, save_adapter
@@ -25,7 +24,8 @@ ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.json"
 
 
-def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> None:
+def log_table(logger: Any, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A W&B table (PIL images become ``wandb.Image``); other loggers have no tables and skip it."""
     from lightning.pytorch.loggers import WandbLogger
 
     if not isinstance(logger, WandbLogger) or not rows:
@@ -33,17 +33,24 @@ def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> 
     import wandb
     from PIL import Image
 
-
-    columns = ["question_id", "image", "question", "prediction", "answers", "score"]
-    data = []
-    for row in rows:
-        ref = row["image"]
-        image = row.get("pil")
-        data.append(
-            [row["question_id"], wandb.Image(image) if isinstance(image, Image.Image) else str(ref), row["question"],
-             row["prediction"], ", ".join(sorted(set(row["answers"]))), row["score"]]
-        )
+    data = [[wandb.Image(v) if isinstance(v, Image.Image) else v for v in row] for row in rows]
     logger.experiment.log({key: wandb.Table(columns=columns, data=data)})
+
+
+def log_pictures(logger: Any, pictures: dict[str, Path]) -> None:
+    """PNGs already written in the run directory, logged to W&B under their keys."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    if isinstance(logger, WandbLogger) and pictures:
+        import wandb
+
+        logger.experiment.log({key: wandb.Image(str(path)) for key, path in pictures.items()})
+
+
+def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> None:
+    columns = ["question_id", "question", "prediction", "answers", "score"]
+    log_table(logger, key, columns, [[r["question_id"], r["question"], r["prediction"],
+                                      ", ".join(sorted(set(r["answers"]))), r["score"]] for r in rows])
 
 
 def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
@@ -161,7 +168,9 @@ def resolve_adapter(ckpt: str) -> Path | None:
 
 
 def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
-    """Score the base model or a saved adapter on one split; writes metrics.json."""
+    """Score the base model or a saved adapter with ``cfg.eval.task``; writes metrics.json."""
+    from .eval_tasks import task_runner
+
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.seed is not None:
@@ -172,30 +181,17 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
     if adapter is not None:
         model = load_adapter(model, adapter)
     model.to(device)
-    limit = cfg.data.test_limit if cfg.eval.split == "test" else cfg.data.val_limit
-    dataset = load_split(cfg.data, cfg.eval.split, limit)
     started = time.time()
-    result = score_vqa(
-        model,
-        processor,
-        dataset,
-        dataset_name=cfg.data.name,
-        split=cfg.eval.split,
-        prompt=cfg.data.prompt,
-        batch_size=cfg.data.eval_batch_size,
-        max_new_tokens=cfg.data.max_new_tokens,
-        convention=cfg.eval.convention,
-        device=device,
-        keep_predictions=cfg.logger.log_predictions,
-    )
-    metrics = {"ckpt": cfg.ckpt, "split": cfg.eval.split, "seed": cfg.seed, "convention": result.convention,
-               **result.as_dict(f"{cfg.eval.split}/")}
+    outcome = task_runner(cfg.eval.task)(cfg, model, processor, device, out)
+    metrics = {"ckpt": cfg.ckpt, "task": cfg.eval.task, "seed": cfg.seed, **outcome.metrics}
     metrics["eval_seconds"] = round(time.time() - started, 1)
     write_json_atomic(out / METRICS_FILE, metrics)
-    print(score_summary(metrics, cfg.eval.split, cfg.data.name, out))
+    print(outcome.summary)
     logger = make_logger(cfg.logger, out, run_name, "evaluate", asdict(cfg))
     if logger is not None:
-        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        _log_prediction_table(logger, [dict(p, image=p["question_id"]) for p in result.predictions], f"{cfg.eval.split}/predictions")
+        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        for key, table in outcome.tables.items():
+            log_table(logger, key, table.columns, table.rows)
+        log_pictures(logger, outcome.pictures)
     finish(logger)
     return metrics

@@ -30,7 +30,7 @@ def load_rgb(image: Any, ref: RecordRef | str) -> Image.Image:
 class PaliGemmaCollator:
     """Turns examples into model inputs with the real ``PaliGemmaProcessor``.
 
-    Each example has ``image`` and ``prefix`` and, for training, ``suffix``. The processor lays out
+    Each example has ``image`` (or a list ``images``) and ``prefix`` and, for training, ``suffix``. The processor lays out
     ``<image>*N <bos> prefix \\n [suffix <eos>]`` and returns ``token_type_ids`` (0 on the prefix,
     1 on the suffix), which the model needs for PaliGemma's prefix-LM mask: without them the mask
     silently becomes causal over the image and prompt. Labels cover the suffix only.
@@ -41,9 +41,13 @@ class PaliGemmaCollator:
     dataset_name: str = "data"
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, Any]:
-        images = [load_rgb(e["image"], e.get("ref", self.dataset_name)) for e in examples]
         image_token = self.processor.image_token
-        texts = [image_token + e["prefix"] for e in examples]
+        if all("images" in e for e in examples):  # several images per example (MMNeedle with M > 1)
+            images: list = [[load_rgb(im, e.get("ref", self.dataset_name)) for im in e["images"]] for e in examples]
+            texts = [image_token * len(e["images"]) + e["prefix"] for e in examples]
+        else:
+            images = [load_rgb(e["image"], e.get("ref", self.dataset_name)) for e in examples]
+            texts = [image_token + e["prefix"] for e in examples]
         kwargs: dict[str, Any] = {"images": images, "text": texts, "return_tensors": "pt", "padding": "longest"}
         if self.train:
             kwargs["suffix"] = [e["suffix"] for e in examples]
@@ -55,7 +59,7 @@ class PaliGemmaCollator:
             labels = batch["input_ids"].clone()
             labels[(batch["token_type_ids"] == 0) | (batch["attention_mask"] == 0)] = IGNORE_INDEX
             batch["labels"] = labels
-        batch["meta"] = [{k: v for k, v in e.items() if k not in ("image", "prefix")} for e in examples]
+        batch["meta"] = [{k: v for k, v in e.items() if k not in ("image", "images", "prefix")} for e in examples]
         return batch
 
 

@@ -1,0 +1,154 @@
+"""``python evaluate.py ckpt=... eval=mmneedle``: build (or reuse) the haystacks, ask, parse, score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import EvaluateConfig
+from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer
+from ..eval_tasks import EvalOutcome, EvalTable, batch_size, max_new_tokens
+from ..generation import generate_for_examples
+from .answers import parse_needle_reply, parse_side
+from .haystack import Haystack, HaystackSet, HaystackSpec, load_or_build
+from .plots import cell_heatmap
+from .scoring import NeedleScores, score_official, score_paper
+from .sources import coco_items, easy_vqa_items
+
+HEATMAP_FILE = "mmneedle_heatmap.png"
+REPLIES_FILE = "mmneedle_replies.jsonl"
+
+
+def model_input_size(processor: Any) -> int:
+    size = processor.image_processor.size
+    return int(size["height"]) if isinstance(size, dict) else int(size.height)
+
+
+def default_cache_root() -> Path:
+    return Path("~/.cache/diffpali").expanduser()
+
+
+def haystack_set(cfg: EvaluateConfig, processor: Any) -> HaystackSet:
+    """The haystacks this config asks for, from the cache when they were built before.
+
+    Shared with ``eval=attention``, so attention is measured on the samples MMNeedle scores.
+    """
+    e = cfg.eval
+    if e.source == "coco":
+        items, source = coco_items(e.coco_captions, e.coco_images), f"coco:{Path(e.coco_captions).expanduser().resolve()}"
+    else:
+        items, source = easy_vqa_items(e.split, cfg.data.val_fraction), f"easy_vqa/{e.split}"
+    spec = HaystackSpec(
+        source=source,
+        images=e.images,
+        grid=e.grid,
+        cell_size=e.cell_size or model_input_size(processor) // e.grid,
+        samples=e.samples,
+        negative_fraction=0.0 if e.mode == "paper" else e.negative_fraction,
+        seed=e.haystack_seed,
+    )
+    root = Path(e.cache_dir).expanduser() if e.cache_dir else default_cache_root()
+    return load_or_build(spec, items, root / "haystacks")
+
+
+def needle_example(images: list, prefix: str) -> dict[str, Any]:
+    return {"image": images[0], "prefix": prefix} if len(images) == 1 else {"images": images, "prefix": prefix}
+
+
+def run_mmneedle(cfg: EvaluateConfig, model: Any, processor: Any, device: str, out: Path) -> EvalOutcome:
+    e = cfg.eval
+    stacks = haystack_set(cfg, processor)
+    haystacks = stacks.haystacks[: e.limit] if e.limit else stacks.haystacks
+    images = [stacks.images(h) for h in haystacks]
+    ask = lambda question: cfg.data.prompt.format(question=question)  # noqa: E731 - the VQA prompt, as trained
+    generate = lambda examples, at_least: generate_for_examples(  # noqa: E731
+        model, processor, examples, batch_size=batch_size(cfg), max_new_tokens=max_new_tokens(cfg, at_least),
+        device=device, source="mmneedle")
+
+    if e.mode == "official":
+        prompts = [ask(NEEDLE_PROMPT.format(M=e.images, N=e.grid, caption=h.caption)) for h in haystacks]
+        replies = generate([needle_example(ims, p) for ims, p in zip(images, prompts)], 8)
+        scores = score_official(haystacks, [parse_needle_reply(r) for r in replies], e.grid)
+        shown = replies
+    else:
+        rows = generate([needle_example(ims, ask(TOP_BOTTOM_PROMPT.format(caption=h.caption)))
+                         for ims, h in zip(images, haystacks)], 2)
+        cols = generate([needle_example(ims, ask(LEFT_RIGHT_PROMPT.format(caption=h.caption)))
+                         for ims, h in zip(images, haystacks)], 2)
+        scores = score_paper(haystacks, [parse_side(r, ("top", "bottom")) for r in rows],
+                             [parse_side(c, ("left", "right")) for c in cols])
+        shown = [f"{r} / {c}" for r, c in zip(rows, cols)]
+
+    _write_replies(out / REPLIES_FILE, haystacks, shown)
+    title = (f"MMNeedle {e.mode}, M={e.images}, N={e.grid}, {len(haystacks)} samples\n"
+             f"exact accuracy per needle cell (row AND column right)\nckpt={Path(cfg.ckpt).name or cfg.ckpt}")
+    heatmap = cell_heatmap(scores.cells, e.grid, title, out / HEATMAP_FILE)
+    metrics: dict[str, Any] = dict(scores.as_metrics())
+    metrics["mmneedle/samples"] = len(haystacks)
+    metrics["haystacks"] = {"source": stacks.spec.source, "seed": stacks.spec.seed, "images": e.images, "grid": e.grid,
+                            "cell_size": stacks.spec.cell_size, "directory": str(stacks.directory), "prompt": cfg.data.prompt}
+    table = EvalTable(["sample_id", "haystack", "caption", "answer", "reply", "exact"])
+    for haystack, ims, reply in list(zip(haystacks, images, shown))[: cfg.logger.log_predictions]:
+        table.rows.append([haystack.sample_id, _side_by_side(ims), haystack.caption, expected_answer(haystack, e.mode),
+                           reply, _exact(haystack, reply, e.mode)])
+    return EvalOutcome(metrics, summary(scores, stacks, len(haystacks), out), {"mmneedle/samples": table},
+                       {"mmneedle/heatmap": heatmap})
+
+
+def expected_answer(haystack: Haystack, mode: str) -> str:
+    if haystack.target is None:
+        return "-1"
+    index, row, col = haystack.target
+    if mode == "paper":
+        return f"{('top', 'bottom')[row - 1]} / {('left', 'right')[col - 1]}"
+    return needle_answer(index, row, col)
+
+
+def _exact(haystack: Haystack, reply: str, mode: str) -> bool:
+    if mode == "paper":
+        row, _, col = reply.partition(" / ")
+        return (parse_side(row, ("top", "bottom")), parse_side(col, ("left", "right"))) == tuple(
+            expected_answer(haystack, mode).split(" / "))
+    parsed = parse_needle_reply(reply)
+    return parsed.kind == "absent" if haystack.target is None else parsed.cell == haystack.target
+
+
+def _side_by_side(images: list):
+    from PIL import Image
+
+    if len(images) == 1:
+        return images[0]
+    canvas = Image.new("RGB", (sum(im.width for im in images) + 4 * (len(images) - 1), max(im.height for im in images)), "white")
+    x = 0
+    for im in images:
+        canvas.paste(im, (x, 0))
+        x += im.width + 4
+    return canvas
+
+
+def _write_replies(path: Path, haystacks: list[Haystack], replies: list[str]) -> None:
+    """Every reply beside its sample, so a score can be audited line by line."""
+    with path.open("w") as handle:
+        for haystack, reply in zip(haystacks, replies):
+            handle.write(json.dumps({"sample_id": haystack.sample_id, "caption": haystack.caption,
+                                     "target": haystack.target, "reply": reply}) + "\n")
+
+
+def summary(scores: NeedleScores, stacks: HaystackSet, count: int, out: Path) -> str:
+    spec = stacks.spec
+    chance = 1 / (spec.images * spec.grid * spec.grid)
+    head = (f"MMNeedle ({scores.mode} mode, M={spec.images}, N={spec.grid}, {count} samples from {spec.source}, "
+            f"seed {spec.seed}; a needle counts only if index, row AND column are right, chance {chance:.0%}):")
+    pct = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    parts = [f"exact {pct(scores.exact)}"]
+    if scores.mode == "paper":
+        parts.append(f"row {pct(scores.row)}, column {pct(scores.column)}")
+    else:
+        parts.append(f"index {pct(scores.index)}, existence {pct(scores.existence)} "
+                     f"({scores.positives} positives, {scores.negatives} negatives)")
+    cells = ", ".join(f"r{r}c{c} {pct(v)}" for (r, c), v in sorted(scores.cells.items()))
+    return "\n".join([head, "  " + "; ".join(parts), f"  per needle cell: {cells}",
+                      f"  unparseable replies: {scores.invalid}",
+                      f"run directory: {out}  (metrics.json, {HEATMAP_FILE}, {REPLIES_FILE})",
+                      f"haystacks: {stacks.directory}"])

@@ -75,10 +75,14 @@ class TinySpec:
 
     vision: VisionSpec = field(default_factory=VisionSpec)
     text: TextSpec = field(default_factory=TextSpec)
-    pretrain_steps: int = 5000  #: optimiser steps of the full (non-LoRA) multitask pretraining
+    pretrain_steps: int = 5000  #: stage 1: optimiser steps of full (non-LoRA) pretraining on easy-vqa questions
     pretrain_batch_size: int = 64
     pretrain_lr: float = 3e-3
     pretrain_seed: int = 0
+    #: stage 2: steps on the multitask mixture (questions, captions, locating a caption in a 2x2 grid),
+    #: continuing from stage 1. Mixing from step 0 kept the model image-blind far longer (zoo/mixture.py).
+    mixture_steps: int = 1500
+    mixture_lr: float = 1e-3
 
 
 @dataclass
@@ -115,6 +119,8 @@ class ModelConfig:
                 t.num_key_value_heads,
                 f"must divide num_attention_heads={t.num_attention_heads}",
             )
+        if self.tiny.pretrain_steps <= 0 or self.tiny.mixture_steps < 0:
+            _fail(f"{key}.tiny.pretrain_steps", self.tiny.pretrain_steps, "must be > 0 (and mixture_steps >= 0)")
         if v.hidden_size % v.num_attention_heads:
             _fail(f"{key}.tiny.vision.num_attention_heads", v.num_attention_heads, "must divide hidden_size")
 
@@ -140,7 +146,12 @@ class DataConfig:
     num_workers: int = 0
     prompt: str = "answer en {question}"
     max_new_tokens: int = 8
-    on_bad_record: str = "error"  #: error | skip
+    #: error: a bad record (empty question, no answers, missing or unreadable image) stops the run,
+    #: naming it; skip: it is left out, counted in the log, metrics.json and W&B (data/skipped/*)
+    on_bad_record: str = "error"
+    #: before training, open every distinct image file and check it (PNG checksums, truncation) so a
+    #: bad image fails in seconds rather than hours in; ~1 s per 4000 small PNGs. false: only at use
+    check_images: bool = True
 
     def validate(self, key: str = "data") -> None:
         _choice(f"{key}.name", self.name, ("easy_vqa", "vqav2"))
@@ -364,7 +375,12 @@ class TrainConfig:
     table_row: Optional[int] = None
     seed: Optional[int] = 0  #: every seed is applied, 0 included; null leaves RNGs unseeded
     output_dir: str = "."  #: set by Hydra to the run directory
-    ckpt_path: Optional[str] = None  #: resume from a Lightning checkpoint, or "last"
+    #: resume: a checkpoint file; "last": <output_dir>/checkpoints/last.ckpt, which must exist;
+    #: "auto": that file when it exists, else a fresh start (for jobs that are requeued into the same
+    #: directory); null: a fresh start. Give the old run's directory with hydra.run.dir=<dir>.
+    ckpt_path: Optional[str] = None
+    ckpt_every_n_steps: int = 50  #: write checkpoints/last.ckpt every N optimiser steps (0: at epoch ends only)
+    on_nonfinite: str = "stop"  #: a NaN/inf loss or gradient: stop (raise, naming step, batch ids, lambdas) | skip the step
     test_after_fit: bool = True
 
     def validate(self) -> None:
@@ -376,8 +392,18 @@ class TrainConfig:
             _fail("seed", self.seed, "must be >= 0 or null")
         if self.table_row is not None and self.table_row < 1:
             _fail("table_row", self.table_row, "must be >= 1 or null")
-        if self.ckpt_path not in (None, "last") and not Path(self.ckpt_path).expanduser().exists():
-            _fail("ckpt_path", self.ckpt_path, 'must be an existing checkpoint file, "last" or null')
+        if self.ckpt_path not in (None, "last", "auto") and not Path(self.ckpt_path).expanduser().is_file():
+            _fail("ckpt_path", self.ckpt_path, 'must be an existing checkpoint file, "last", "auto" or null')
+        if self.ckpt_path == "last" and not (Path(self.output_dir) / "checkpoints" / "last.ckpt").is_file():
+            _fail("ckpt_path", self.ckpt_path, f"no checkpoints/last.ckpt in output_dir={self.output_dir!r}: "
+                  "resume into the old run's directory (hydra.run.dir=<run dir>), or use ckpt_path=auto")
+        if self.ckpt_every_n_steps < 0:
+            _fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at epoch ends only)")
+        _choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        name_or_path = self.model.name_or_path
+        if self.model.source == "pretrained" and name_or_path.startswith(("/", ".", "~")):
+            if not Path(name_or_path).expanduser().is_dir():
+                _fail("model.name_or_path", name_or_path, "local directory does not exist (or give a Hub id)")
 
 
 EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention")
@@ -414,7 +440,10 @@ class EvalTaskConfig:
     cache_dir: Optional[str] = None  #: where built haystacks and probes are kept; null: ~/.cache/diffpali
     # --- pope --------------------------------------------------------------------------------
     setting: str = "all"  #: random | popular | adversarial | all (the three, one after another)
-    probe_images: int = 500  #: images probed per setting (each gets equal present and absent questions)
+    #: images probed, the same ones in every setting; each gets equal present and absent questions
+    #: (easy_vqa: its colour and its shape, each paired with an absent one; coco: probe_objects pairs)
+    probe_images: int = 500
+    probe_objects: int = 3  #: source=coco: present objects asked per image, each paired with an absent one (POPE: 3)
     # --- attention -------------------------------------------------------------------------
     overlays: int = 4  #: samples drawn with their attention overlay
 
@@ -429,7 +458,7 @@ class EvalTaskConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 _fail(f"{key}.{name}", value, "must be > 0 or null (the default)")
-        for name in ("images", "grid", "samples", "probe_images"):
+        for name in ("images", "grid", "samples", "probe_images", "probe_objects"):
             _positive(f"{key}.{name}", getattr(self, name))
         if self.overlays < 0:
             _fail(f"{key}.overlays", self.overlays, "must be >= 0")

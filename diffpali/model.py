@@ -149,12 +149,28 @@ def build_model(
 
 
 VARIANTS_FILE = "diffpali.json"
+#: Frozen tensors a variant created (diff_dup separate: Q2/K2, noisy copies of Q/K). peft saves only
+#: what trains, and rebuilding them from the RNG would tie a saved adapter to the run's seed.
+VARIANT_WEIGHTS_FILE = "variant_weights.safetensors"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+_FROZEN_COPY = re.compile(r"\.(q2_proj|k2_proj)\.(base_layer\.)?(weight|bias)$")
+
+
+def frozen_variant_names(model: torch.nn.Module) -> list[str]:
+    """Names of the frozen parameters that variants created (not in the base checkpoint, not in LoRA)."""
+    return [n for n, p in model.named_parameters() if not p.requires_grad and _FROZEN_COPY.search(n)]
 
 
 def save_adapter(model: PeftModel, adapter_dir: str | Path, variants: dict[str, Any]) -> None:
-    """Write the adapter (safetensors) and, beside it, the settings needed to rebuild the model."""
+    """Write the adapter, the variants' frozen copies (both safetensors) and the settings to rebuild the model."""
+    from safetensors.torch import save_file
+
     adapter_dir = Path(adapter_dir)
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
+    params = dict(model.named_parameters())
+    frozen = {n: params[n].detach().contiguous() for n in frozen_variant_names(model)}
+    if frozen:
+        save_file(frozen, str(adapter_dir / VARIANT_WEIGHTS_FILE))
     (adapter_dir / VARIANTS_FILE).write_text(json.dumps(variants, indent=2))
 
 
@@ -162,11 +178,24 @@ def load_adapter(base: PaliGemmaForConditionalGeneration, adapter_dir: str | Pat
     """Reload a saved adapter onto a freshly loaded base, after re-applying the run's variants.
 
     The variant modules (differential attention, SwiGLU) are code, not weights: they are rebuilt
-    from ``diffpali.json`` and their trained tensors come from the adapter's safetensors.
+    from ``diffpali.json``; their trained tensors come from the adapter's safetensors and their
+    frozen copies from ``variant_weights.safetensors``.
+    Only safetensors are read (no pickle): an adapter saved as ``adapter_model.bin`` is refused.
     """
+    from safetensors.torch import load_file
+
     adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / ADAPTER_WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_WEIGHTS_FILE}; diffpali loads adapters from safetensors "
+                                "only (a pickled adapter_model.bin could run code when loaded)")
     variants_file = adapter_dir / VARIANTS_FILE
     if variants_file.is_file():
         saved = json.loads(variants_file.read_text())
         apply_variants(base, AttnConfig(**saved["attn"]), FfnConfig(**saved["ffn"]))
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    if (adapter_dir / VARIANT_WEIGHTS_FILE).is_file():
+        frozen = load_file(str(adapter_dir / VARIANT_WEIGHTS_FILE))
+        unexpected = model.load_state_dict(frozen, strict=False).unexpected_keys
+        if unexpected:
+            raise ValueError(f"{adapter_dir / VARIANT_WEIGHTS_FILE} holds tensors this model lacks, e.g. {unexpected[:3]}")
+    return model

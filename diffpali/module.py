@@ -5,8 +5,9 @@ It knows nothing of how attention is computed; it receives a ready peft-wrapped 
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
@@ -15,8 +16,13 @@ from .config import OptimConfig
 from .data.collate import model_inputs
 from .evaluation import CATEGORIES
 from .generation import generate_answers
+from .checkpointing import SIGNATURE_KEY, check_signature
 from .metrics import VQAAccuracy, vqa_accuracy
+from .model import frozen_variant_names
+from .nonfinite import NonFiniteError, first_nonfinite_grad, nonfinite_report
 from .surgery import lambda_values
+
+log = logging.getLogger(__name__)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -32,8 +38,14 @@ def warmup_cosine(step: int, total: int, warmup: int, schedule: str) -> float:
 class DiffPaliModule(L.LightningModule):
     """Holds the peft-wrapped PaliGemma and its processor.
 
-    Checkpoints keep only trainable tensors (LoRA weights and new variant modules); the frozen base
-    is reloaded from its source, so a 3B model's checkpoint stays megabytes, not gigabytes.
+    Checkpoints keep only trainable tensors (LoRA weights and new variant modules) and the frozen
+    copies a variant made (diff_dup's Q2/K2); the base is reloaded from its source, so a 3B model's
+    checkpoint stays megabytes, not gigabytes. ``signature`` (:func:`~diffpali.checkpointing.run_signature`)
+    is written into each checkpoint and checked when one is loaded.
+
+    A NaN or inf loss or gradient is caught before the optimiser applies it: ``on_nonfinite=stop``
+    raises :class:`~diffpali.nonfinite.NonFiniteError` (step, batch ids, every layer's lambda), so
+    the last checkpoint stays the last good one; ``skip`` drops the update and counts it.
     """
 
     def __init__(
@@ -45,6 +57,8 @@ class DiffPaliModule(L.LightningModule):
         max_new_tokens: int = 8,
         convention: str = "official",
         log_predictions: int = 32,
+        on_nonfinite: str = "stop",
+        signature: Optional[dict[str, Any]] = None,
     ):
         super().__init__()
         self.model = model
@@ -58,19 +72,57 @@ class DiffPaliModule(L.LightningModule):
         self.log_predictions = log_predictions
         self.test_predictions: list[dict[str, Any]] = []
         self.strict_loading = False  # checkpoints hold trainable tensors only
+        self.on_nonfinite = on_nonfinite
+        self.signature = signature
+        self.skipped_records = 0  #: examples left out of training batches (unreadable images, on_bad_record=skip)
+        self.skipped_steps = 0  #: optimiser steps dropped for a non-finite loss or gradient (on_nonfinite=skip)
+        self._step_ids: list[Any] = []  # question ids since the last optimiser step
+        self._step_loss_finite = True
 
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
+        for message in batch.get("skipped", ()):
+            self.skipped_records += 1
+            log.warning("skipped in training: %s", message)
+        if batch.get("skipped"):
+            self.log("data/skipped_records_in_training", float(self.skipped_records), batch_size=1)
+        if not batch["meta"]:  # every example of the batch was unreadable (on_bad_record=skip)
+            return None
+        self._step_ids.extend(m.get("question_id") for m in batch["meta"])
         loss = self.model(**model_inputs(batch)).loss
+        if not torch.isfinite(loss):
+            self._step_loss_finite = False  # acted on in on_before_optimizer_step, in every rank at once
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["meta"]))
         return loss
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Gradients are final here (accumulated, all-reduced) and not yet applied."""
+        bad_grad = first_nonfinite_grad(self.model.named_parameters())
+        bad = torch.tensor(float(bad_grad is not None or not self._step_loss_finite))
+        if self.trainer.world_size > 1:  # every rank must take the same decision, or DDP hangs
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        ids, loss_finite = self._step_ids, self._step_loss_finite
+        self._step_ids, self._step_loss_finite = [], True
+        if not bad.item():
+            return
+        what = ("non-finite loss" if not loss_finite else
+                f"non-finite gradient of {bad_grad}" if bad_grad else "non-finite loss or gradient in another rank")
+        report = nonfinite_report(what, self.global_step, self.current_epoch, ids, lambda_values(self.model),
+                                  getattr(self.trainer.checkpoint_callback, "last_model_path", "") or "")
+        if self.on_nonfinite == "stop":
+            raise NonFiniteError(report)
+        for p in self.model.parameters():  # AdamW leaves parameters without a gradient untouched
+            p.grad = None
+        self.skipped_steps += 1
+        log.warning("skipped the optimiser step: %s", report)
+        self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=len(batch["meta"]))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=max(1, len(batch["meta"])))
         if self.global_step % self.trainer.log_every_n_steps == 0:
             # The paper's failure mode is lambda collapsing to 0 or 1: watch every layer's value.
             for name, value in lambda_values(self.model).items():
-                self.log(f"lambda/{name}", value, batch_size=len(batch["meta"]))
+                self.log(f"lambda/{name}", value, batch_size=max(1, len(batch["meta"])))
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -130,16 +182,25 @@ class DiffPaliModule(L.LightningModule):
         metric.reset()
 
     # ---------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def _saved_keys(self) -> tuple[set[str], set[str]]:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        frozen_copies = {f"model.{n}" for n in frozen_variant_names(self.model)}
+        return trainable, frozen_copies
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable, frozen_copies = self._saved_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable | frozen_copies}
         checkpoint["diffpali_trainable_keys"] = sorted(trainable)
+        if self.signature is not None:
+            checkpoint[SIGNATURE_KEY] = self.signature
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        expected = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        if self.signature is not None:
+            check_signature(checkpoint, self.signature, "being loaded")
+        trainable, frozen_copies = self._saved_keys()
         found = set(checkpoint["state_dict"])
-        if expected != found:
-            missing, extra = sorted(expected - found)[:3], sorted(found - expected)[:3]
+        if not trainable <= found <= trainable | frozen_copies:
+            missing, extra = sorted(trainable - found)[:3], sorted(found - trainable - frozen_copies)[:3]
             raise ValueError(
                 "checkpoint does not match this model's trainable parameters "
                 f"(missing e.g. {missing}, unexpected e.g. {extra}): check attn, ffn and lora settings"

@@ -12,6 +12,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .checkpointing import (
+    CHECKPOINT_DIR,
+    AtomicCheckpointIO,
+    RNGState,
+    check_checkpoint,
+    remove_partial_writes,
+    resolve_resume,
+    run_signature,
+)
 from .config import EvaluateConfig, TrainConfig
 from .data.datamodule import VQADataModule
 from .jsonio import write_json_atomic
@@ -54,18 +63,35 @@ def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> 
 
 
 def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
-    """Fine-tune with LoRA, save the adapter, score on the test split; returns the metrics written."""
+    """Fine-tune with LoRA, save the adapter, score on the test split; returns the metrics written.
+
+    Order matters for failing fast: the resume checkpoint is checked against this config and every
+    data record is checked (data.on_bad_record) before the model loads. Checkpoints are written
+    atomically to ``checkpoints/last.ckpt`` every ``ckpt_every_n_steps`` steps and at epoch ends;
+    ``ckpt_path=last|auto`` resumes from there with the same weights, optimiser state, RNG and data order.
+    """
     started = time.time()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / CHECKPOINT_DIR
+    for partial in remove_partial_writes(ckpt_dir):
+        log.warning("removed %s, left by a checkpoint save that was interrupted", partial)
+    signature = run_signature(cfg.model, cfg.attn, cfg.ffn, cfg.lora)
+    resume = resolve_resume(cfg.ckpt_path, out)
+    if resume is not None:
+        check_checkpoint(resume, signature)
+        log.info("resuming from %s", resume)
     if cfg.seed is not None:  # 0 is a seed like any other
         L.seed_everything(cfg.seed, workers=True)
 
+    datamodule = VQADataModule(cfg.data, processor=None, seed=cfg.seed)
+    datamodule.setup("fit")  # loads and checks every record: a bad one stops the run before the model loads
+    skipped = {split: len(messages) for split, messages in datamodule.skipped.items() if messages}
     model, processor = build_model(cfg.model, cfg.attn, cfg.ffn, cfg.lora)
+    datamodule.processor = processor
     model.train()  # from_pretrained returns eval mode, which Lightning would keep (and warn about)
     trainable, total = model.get_nb_trainable_parameters()
     log.info("model %s: %d trainable of %d parameters (%.2f%%)", cfg.model.name, trainable, total, 100 * trainable / total)
-    datamodule = VQADataModule(cfg.data, processor, seed=cfg.seed)
     module = DiffPaliModule(
         model,
         processor,
@@ -73,10 +99,19 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         dataset_name=cfg.data.name,
         max_new_tokens=cfg.data.max_new_tokens,
         log_predictions=cfg.logger.log_predictions,
+        on_nonfinite=cfg.on_nonfinite,
+        signature=signature,
     )
     resolved = asdict(cfg)
     logger = make_logger(cfg.logger, out, run_name, cfg.logger.group or cfg.experiment_name, resolved)
-    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0)
+    if logger is not None and skipped:
+        logger.log_metrics({f"data/skipped/{split}": float(n) for split, n in skipped.items()})
+    # Two writers of last.ckpt: Lightning allows one trigger per ModelCheckpoint (steps or epochs).
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
+    if cfg.ckpt_every_n_steps:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                                         every_n_train_steps=cfg.ckpt_every_n_steps))
+    callbacks.append(RNGState())
     t = cfg.trainer
     trainer = L.Trainer(
         accelerator=t.accelerator,
@@ -95,11 +130,13 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         logger=logger if logger is not None else False,
-        callbacks=[checkpoint],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the datamodule shards (resumable train order, unpadded eval)
         default_root_dir=str(out),
     )
     fit_started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
     fit_seconds = time.time() - fit_started
 
     adapter_dir = out / ADAPTER_DIR
@@ -118,6 +155,9 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         "convention": "official",
         "fit_seconds": round(fit_seconds, 1),
         "train_steps": trainer.global_step,
+        "resumed_from": str(resume) if resume else None,
+        "skipped_records": {**skipped, "in_training": module.skipped_records},
+        "skipped_steps": module.skipped_steps,
     }
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if cfg.test_after_fit:

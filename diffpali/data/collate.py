@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from PIL import Image
 
-from .schema import RecordRef, training_target
+from .schema import BadRecordError, RecordRef, training_target
 
 IGNORE_INDEX = -100
 
 
 def load_rgb(image: Any, ref: RecordRef | str) -> Image.Image:
-    """Open an image (PIL image or path) as RGB; an unreadable file names its record."""
+    """Open an image (PIL image or path) as RGB; an unreadable file raises :class:`BadRecordError` naming its record."""
     try:
         if isinstance(image, Image.Image):
             return image.convert("RGB")
         if isinstance(image, dict):  # datasets' undecoded Image feature
             image = image.get("path") or image.get("bytes")
+        if isinstance(image, bytes):  # embedded in parquet/arrow files
+            image = io.BytesIO(image)
         with Image.open(image) as opened:
             return opened.convert("RGB")
     except Exception as err:  # PIL raises several types for truncated or corrupt files
-        raise ValueError(f"{ref}: unreadable image ({type(err).__name__}: {err})") from err
+        raise BadRecordError(f"{ref}: unreadable image ({type(err).__name__}: {err})") from err
 
 
 @dataclass
@@ -39,8 +42,36 @@ class PaliGemmaCollator:
     processor: Any
     train: bool = True
     dataset_name: str = "data"
+    #: error: an unreadable image raises, naming its record; skip: the example is left out of the
+    #: batch and its message listed in ``batch["skipped"]`` (counted by the training module)
+    on_bad_record: str = "error"
 
     def __call__(self, examples: Sequence[dict]) -> dict[str, Any]:
+        skipped: list[str] = []
+        if self.on_bad_record == "skip":
+            examples, skipped = self._readable(examples)
+            if not examples:
+                return {"meta": [], "skipped": skipped}
+        batch = self._collate(examples)
+        if self.on_bad_record == "skip":
+            batch["skipped"] = skipped
+        return batch
+
+    def _readable(self, examples: Sequence[dict]) -> tuple[list[dict], list[str]]:
+        """The examples whose images open (decoded here once, so collate does not open them again)."""
+        kept, skipped = [], []
+        for e in examples:
+            ref = e.get("ref", self.dataset_name)
+            try:
+                if "images" in e:
+                    kept.append({**e, "images": [load_rgb(im, ref) for im in e["images"]]})
+                else:
+                    kept.append({**e, "image": load_rgb(e["image"], ref)})
+            except BadRecordError as err:
+                skipped.append(str(err))
+        return kept, skipped
+
+    def _collate(self, examples: Sequence[dict]) -> dict[str, Any]:
         image_token = self.processor.image_token
         if all("images" in e for e in examples):  # several images per example (MMNeedle with M > 1)
             images: list = [[load_rgb(im, e.get("ref", self.dataset_name)) for im in e["images"]] for e in examples]

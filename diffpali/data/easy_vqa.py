@@ -88,9 +88,17 @@ def image_path(split: str, image_id: int) -> str:
 
 
 def load_easy_vqa(
-    split: str, val_fraction: float = 0.1, limit: int | None = None, on_bad_record: str = "error"
+    split: str,
+    val_fraction: float = 0.1,
+    limit: int | None = None,
+    on_bad_record: str = "error",
+    check_images: bool = False,
+    skipped_out: list[str] | None = None,
 ) -> Dataset:
-    """One split as a ``datasets.Dataset`` with :data:`VQA_FEATURES` (images decoded lazily)."""
+    """One split as a ``datasets.Dataset`` with :data:`VQA_FEATURES` (images decoded lazily).
+
+    Records are checked first (:func:`check_records`); skipped ones are appended to ``skipped_out``.
+    """
     source = "test" if split == "test" else "train"
     raw = _raw(source)
     wanted = set(split_image_ids(split, val_fraction))
@@ -98,7 +106,9 @@ def load_easy_vqa(
     if limit is not None:
         index = index[:limit]
     rows = [(raw.questions[i], [raw.answers[i]], raw.image_paths.get(raw.image_ids[i], "")) for i in index]
-    keep, skipped = check_records(rows, "easy_vqa", split, on_bad_record)
+    keep, skipped = check_records(rows, "easy_vqa", split, on_bad_record, ids=index, check_images=check_images)
+    if skipped_out is not None:
+        skipped_out.extend(skipped)
     if skipped:
         log.warning("easy_vqa[%s]: skipped %d bad records, first: %s", split, len(skipped), skipped[0])
     index = [index[k] for k in keep]

@@ -44,32 +44,75 @@ class RecordRef:
         return f"{self.dataset}[{self.split}] record {self.index}{qid}"
 
 
-def record_problem(question: Any, answers: Any, image_path: str | None) -> str | None:
-    """Return what is wrong with a record's cheap-to-check fields, or None if nothing is."""
+def image_problem(image: Any) -> str | None:
+    """What is wrong with an image (a path, ``datasets``' ``{"path", "bytes"}`` or a PIL image), or None.
+
+    Opens the file and runs PIL's ``verify`` (PNG chunk checksums, truncation) without decoding
+    pixels, so a whole split is checked in seconds before training starts.
+    """
+    import io
+
+    from PIL import Image as PILImage
+
+    if image is None or isinstance(image, PILImage.Image):
+        return None
+    if isinstance(image, dict):
+        image = image.get("bytes") or image.get("path")
+    if isinstance(image, (str, os.PathLike)) and not os.path.isfile(image):
+        return f"image file not found: {image}"
+    try:
+        with PILImage.open(io.BytesIO(image) if isinstance(image, bytes) else image) as opened:
+            opened.verify()
+    except Exception as err:  # PIL raises several types for truncated or corrupt files
+        return f"unreadable image ({type(err).__name__}: {err})"
+    return None
+
+
+def record_problem(question: Any, answers: Any, image: Any, check_image: bool = False) -> str | None:
+    """Return what is wrong with a record, or None if nothing is.
+
+    Question and answers are always checked; an image path must exist; with ``check_image`` the
+    image is also opened and verified (:func:`image_problem`).
+    """
     if not isinstance(question, str) or not question.strip():
         return "empty question"
     if not answers or not any(isinstance(a, str) and a.strip() for a in answers):
         return "no answers"
-    if image_path is not None and not os.path.isfile(image_path):
-        return f"image file not found: {image_path}"
+    if check_image:
+        return image_problem(image)
+    if isinstance(image, str) and not os.path.isfile(image):
+        return f"image file not found: {image}"
     return None
 
 
 def check_records(
-    rows: Iterable[tuple[Any, Any, str | None]], dataset: str, split: str, on_bad_record: str
+    rows: Iterable[tuple[Any, Any, Any]],
+    dataset: str,
+    split: str,
+    on_bad_record: str,
+    ids: Sequence[Any] | None = None,
+    check_images: bool = False,
 ) -> tuple[list[int], list[str]]:
-    """Check (question, answers, image_path) rows before training starts.
+    """Check (question, answers, image) rows before training starts.
 
     Returns the indices to keep and one message per skipped record. With ``on_bad_record="error"``
-    the first bad record raises :class:`BadRecordError` naming it.
+    the first bad record raises :class:`BadRecordError` naming it (``ids`` adds its question id).
+    Images shared by several records (easy-vqa asks several questions per image) are checked once.
     """
     keep, skipped = [], []
-    for index, (question, answers, image_path) in enumerate(rows):
-        problem = record_problem(question, answers, image_path)
+    image_verdicts: dict[str, str | None] = {}
+    for index, (question, answers, image) in enumerate(rows):
+        problem = record_problem(question, answers, None)
+        if problem is None and isinstance(image, str):
+            if image not in image_verdicts:
+                image_verdicts[image] = record_problem("q", ["a"], image, check_images)
+            problem = image_verdicts[image]
+        elif problem is None:
+            problem = record_problem(question, answers, image, check_images)
         if problem is None:
             keep.append(index)
             continue
-        message = f"{RecordRef(dataset, split, index)}: {problem}"
+        message = f"{RecordRef(dataset, split, index, None if ids is None else ids[index])}: {problem}"
         if on_bad_record == "error":
             raise BadRecordError(message + " (set data.on_bad_record=skip to skip such records)")
         skipped.append(message)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from datasets import Dataset, load_dataset, load_from_disk
+from datasets import Image as ImageFeature
 
 from .schema import VQA_FEATURES, check_records
 
@@ -38,8 +39,15 @@ def _read(path: str, split: str) -> Dataset:
     raise FileNotFoundError(f"data.path={path!r}: no {split}*.parquet or {split}*.arrow files and no saved dataset")
 
 
-def load_vqav2(path: str, split: str, limit: int | None = None, on_bad_record: str = "error") -> Dataset:
-    """One split as a ``datasets.Dataset`` with :data:`VQA_FEATURES`."""
+def load_vqav2(
+    path: str,
+    split: str,
+    limit: int | None = None,
+    on_bad_record: str = "error",
+    check_images: bool = False,
+    skipped_out: list[str] | None = None,
+) -> Dataset:
+    """One split as a ``datasets.Dataset`` with :data:`VQA_FEATURES`; skipped records go to ``skipped_out``."""
     raw = _read(path, split)
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))
@@ -47,7 +55,15 @@ def load_vqav2(path: str, split: str, limit: int | None = None, on_bad_record: s
     if missing:
         raise ValueError(f"vqav2 at {path!r} split {split!r} lacks columns {sorted(missing)}; has {raw.column_names}")
     answers = [_answers(a) for a in raw["answers"]]
-    keep, skipped = check_records(zip(raw["question"], answers, [None] * len(raw)), "vqav2", split, on_bad_record)
+    images: list[Any] = [None] * len(raw)
+    if check_images and isinstance(raw.features["image"], ImageFeature):
+        # undecoded {"path", "bytes"}: verified without decoding every picture into memory
+        images = raw.cast_column("image", ImageFeature(decode=False))["image"]
+    ids = raw["question_id"] if "question_id" in raw.column_names else None
+    keep, skipped = check_records(zip(raw["question"], answers, images), "vqav2", split, on_bad_record,
+                                  ids=ids, check_images=check_images)
+    if skipped_out is not None:
+        skipped_out.extend(skipped)
     if skipped:
         log.warning("vqav2[%s]: skipped %d bad records, first: %s", split, len(skipped), skipped[0])
     raw = raw.select(keep)

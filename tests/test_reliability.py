@@ -26,6 +26,7 @@ from diffpali.checkpointing import (
 )
 from diffpali.config import AttnConfig, DataConfig, FfnConfig, LoraConfig, ModelConfig, OptimConfig
 from diffpali.data.datamodule import VQADataModule
+from diffpali.data.schema import BadRecordError, check_records
 from diffpali.model import apply_variants, wrap_lora
 from diffpali.module import DiffPaliModule
 from diffpali.nonfinite import NonFiniteError
@@ -172,3 +173,173 @@ def test_checkpoints_load_without_pickle(tmp_path):
         read_checkpoint(path)
     with pytest.raises(pickle.UnpicklingError):
         AtomicCheckpointIO().load_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------- bad data
+def _png_bytes(color: tuple[int, int, int]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def vqav2_dir(tmp_path) -> Path:
+    """A local VQAv2-schema split (save_to_disk) of 8 records; record 5 has a truncated image."""
+    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+
+    images = [{"bytes": _png_bytes((30 * k, 0, 200)), "path": None} for k in range(8)]
+    images[5]["bytes"] = images[5]["bytes"][:60]  # cut off mid-file, as an interrupted download leaves it
+    features = Features({"question_id": Value("int64"), "image": ImageFeature(), "question": Value("string"),
+                         "answers": Sequence(Value("string")), "answer_type": Value("string")})
+    rows = {"question_id": [1000 + k for k in range(8)], "image": images,
+            "question": [f"answer en what color is the shape {k}?" for k in range(8)],
+            "answers": [["red"] * 10] * 8, "answer_type": ["other"] * 8}
+    Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "vqav2"))
+    return tmp_path / "vqav2"
+
+
+def test_a_truncated_image_stops_the_run_before_training_naming_the_record(vqav2_dir, tiny_processor):
+    cfg = DataConfig(name="vqav2", path=str(vqav2_dir), train_split="train", val_split="train", test_split="train")
+    with pytest.raises(BadRecordError) as info:
+        VQADataModule(cfg, tiny_processor).setup("fit")
+    assert str(info.value).startswith("vqav2[train] record 5, question_id=1005: unreadable image (")
+    assert str(info.value).endswith("(set data.on_bad_record=skip to skip such records)")
+
+
+def test_skipped_records_are_left_out_and_counted_per_split(vqav2_dir, tiny_processor):
+    cfg = DataConfig(name="vqav2", path=str(vqav2_dir), train_split="train", val_split="train", test_split="train",
+                     on_bad_record="skip")
+    datamodule = VQADataModule(cfg, tiny_processor)
+    datamodule.setup("fit")
+    assert len(datamodule.datasets["train"]) == 7
+    assert 1005 not in datamodule.datasets["train"].dataset["question_id"]
+    assert [m.split(":")[0] for m in datamodule.skipped["train"]] == ["vqav2[train] record 5, question_id=1005"]
+
+
+def test_an_image_that_breaks_during_training_is_skipped_and_counted(vqav2_dir, tiny_processor, tiny_config, tmp_path):
+    """With the up-front check off, the collate step meets the bad image: skipped, counted, training goes on."""
+    cfg = DataConfig(name="vqav2", path=str(vqav2_dir), train_split="train", val_split="train", test_split="train",
+                     on_bad_record="skip", check_images=False, batch_size=4)
+    datamodule = VQADataModule(cfg, tiny_processor)
+    datamodule.setup("fit")
+    module = _module(tiny_processor, tiny_config, init_seed=0)
+    recorder = Recorder()
+    trainer = _fit(module, datamodule, tmp_path / "ckpt", recorder, max_epochs=1)
+    assert trainer.global_step == 2 and module.skipped_records == 1
+    assert sorted(i for ids in recorder.ids for i in ids) == [1000 + k for k in range(8) if k != 5]
+    assert trainer.callback_metrics["data/skipped_records_in_training"] == 1
+
+
+def test_empty_questions_and_missing_answers_or_files_are_named(tmp_path):
+    image = tmp_path / "ok.png"
+    Image.new("RGB", (4, 4)).save(image)
+    rows = [("what?", ["a"], str(image)), ("  ", ["a"], str(image)), ("why?", ["", " "], str(image)),
+            ("how?", ["b"], str(tmp_path / "gone.png"))]
+    problems = []
+    for k in range(1, 4):
+        with pytest.raises(BadRecordError) as info:
+            check_records([rows[0], rows[k]], "easy_vqa", "test", "error", ids=[10, 10 + k], check_images=True)
+        problems.append(str(info.value).split(" (set")[0])
+    assert problems == ["easy_vqa[test] record 1, question_id=11: empty question",
+                        "easy_vqa[test] record 1, question_id=12: no answers",
+                        f"easy_vqa[test] record 1, question_id=13: image file not found: {tmp_path / 'gone.png'}"]
+
+
+# ---------------------------------------------------------------------------------------- bad config
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lora.alpha=0", "lora.alpha=0.0: must be > 0"),
+        ("attn.lambda_init=-0.1", "attn.lambda_init=-0.1: must be in [0, 1)"),
+        ("attn.towers=[text,audio]", "attn.towers='audio': must be one of vision, text"),
+        ("optim.lr=0", "optim.lr=0.0: must be > 0"),
+        ("data.on_bad_record=drop", "data.on_bad_record='drop': must be one of error, skip"),
+        ("on_nonfinite=ignore", "on_nonfinite='ignore': must be one of stop, skip"),
+        ("ckpt_every_n_steps=-1", "ckpt_every_n_steps=-1: must be >= 0 (0: at epoch ends only)"),
+        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
+        ("model=paligemma_3b_224 model.name_or_path=/no/such/dir",
+         "model.name_or_path='/no/such/dir': local directory does not exist (or give a Hub id)"),
+    ],
+)
+def test_every_bad_value_is_named_with_what_is_allowed(override, message):
+    from test_config import compose_train
+
+    from diffpali.config import ConfigError, TrainConfig, to_typed
+
+    with pytest.raises(ConfigError) as info:
+        to_typed(compose_train("output_dir=.", *override.split()), TrainConfig)
+    assert str(info.value) == message
+
+
+def test_resume_from_last_needs_a_checkpoint_in_the_run_directory(tmp_path):
+    from test_config import compose_train
+
+    from diffpali.checkpointing import resolve_resume
+    from diffpali.config import ConfigError, TrainConfig, to_typed
+
+    with pytest.raises(ConfigError, match=r"^ckpt_path='last': no checkpoints/last.ckpt in output_dir="):
+        to_typed(compose_train(f"output_dir={tmp_path}", "ckpt_path=last"), TrainConfig)
+    assert resolve_resume("auto", tmp_path) is None  # auto: a fresh start when there is nothing to resume
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / LAST).write_bytes(b"x")
+    assert to_typed(compose_train(f"output_dir={tmp_path}", "ckpt_path=last"), TrainConfig).ckpt_path == "last"
+    assert resolve_resume("auto", tmp_path) == resolve_resume("last", tmp_path) == tmp_path / "checkpoints" / LAST
+
+
+# ---------------------------------------------------------------------------------------- non-finite
+def test_a_diverging_run_stops_naming_step_batch_and_lambdas_and_keeps_its_last_checkpoint(
+        tiny_processor, tiny_config, tmp_path):
+    module = _module(tiny_processor, tiny_config, init_seed=0)
+    module.optim = OptimConfig(lr=1e30, warmup_steps=0, schedule="constant")  # one step overflows every weight
+    recorder = Recorder()
+    with pytest.raises(NonFiniteError) as info:
+        _fit(module, _data(tiny_processor), tmp_path / "ckpt", recorder, max_epochs=1)
+    message = str(info.value)
+    assert message.startswith(f"non-finite loss at step 1 (epoch 0); batch ids (question_id): {recorder.ids[1]}; ")
+    assert "lambda per layer: text/layer0=" in message and ", vision/layer0=" in message
+    assert f"the last good checkpoint is {tmp_path / 'ckpt' / LAST}" in message
+    saved = read_checkpoint(tmp_path / "ckpt" / LAST)
+    assert saved["global_step"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
+
+
+def test_skip_mode_drops_non_finite_updates_and_counts_them(tiny_processor, tiny_config, tmp_path):
+    module = _module(tiny_processor, tiny_config, init_seed=0, on_nonfinite="skip")
+    module.optim = OptimConfig(lr=1e30, warmup_steps=0, schedule="constant")
+    trainer = _fit(module, _data(tiny_processor), tmp_path / "ckpt", Recorder(), max_epochs=1)
+    assert trainer.global_step == 5 and module.skipped_steps == 4  # every step after the first diverges
+    after_first = read_checkpoint(tmp_path / "ckpt" / LAST)  # written after the last step that was applied
+    for name, p in module.model.named_parameters():
+        if p.requires_grad:
+            assert torch.isfinite(p).all(), name
+            assert torch.equal(p.detach(), after_first["state_dict"][f"model.{name}"]), name
+
+
+# ---------------------------------------------------------------------------------------- safe loading
+def test_adapters_and_new_parameters_reload_from_safetensors_alone(tiny_processor, tiny_config, tiny_batch, tmp_path):
+    from transformers import PaliGemmaForConditionalGeneration
+
+    from diffpali.data.collate import model_inputs
+    from diffpali.model import load_adapter, save_adapter
+
+    model = _module(tiny_processor, tiny_config, init_seed=7).model.eval()
+    expected = model(**model_inputs(tiny_batch, with_labels=False)).logits
+    variants = {"attn": vars(ATTN), "ffn": vars(FfnConfig()), "lora": vars(LORA)}
+    save_adapter(model, tmp_path / "adapter", variants)
+    weights = sorted(p.name for p in (tmp_path / "adapter").iterdir() if p.suffix not in (".json", ".md"))
+    assert weights == ["adapter_model.safetensors", "variant_weights.safetensors"]  # nothing pickled
+
+    torch.manual_seed(0)
+    fresh = PaliGemmaForConditionalGeneration(tiny_config)  # the same base, as if loaded from disk
+    torch.manual_seed(99)  # another RNG state at load time: Q2/K2 must come from the file, not be redrawn
+    reloaded = load_adapter(fresh, tmp_path / "adapter").eval()
+    assert torch.equal(reloaded(**model_inputs(tiny_batch, with_labels=False)).logits, expected)
+
+    (tmp_path / "adapter" / "adapter_model.safetensors").rename(tmp_path / "adapter" / "adapter_model.bin")
+    with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors; diffpali loads adapters from safetensors only"):
+        load_adapter(PaliGemmaForConditionalGeneration(tiny_config), tmp_path / "adapter")
+
+
+def test_remote_code_is_off_unless_the_config_asks():
+    assert ModelConfig().trust_remote_code is False

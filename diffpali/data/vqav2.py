@@ -55,12 +55,11 @@ def load_vqav2(
     if missing:
         raise ValueError(f"vqav2 at {path!r} split {split!r} lacks columns {sorted(missing)}; has {raw.column_names}")
     answers = [_answers(a) for a in raw["answers"]]
-    images: list[Any] = [None] * len(raw)
-    if check_images and isinstance(raw.features["image"], ImageFeature):
-        # undecoded {"path", "bytes"}: verified without decoding every picture into memory
-        images = raw.cast_column("image", ImageFeature(decode=False))["image"]
+    if isinstance(raw.features["image"], ImageFeature):
+        # undecoded {"path", "bytes"}: checked and passed on without decoding every picture here
+        raw = raw.cast_column("image", ImageFeature(decode=False))
     ids = raw["question_id"] if "question_id" in raw.column_names else None
-    keep, skipped = check_records(zip(raw["question"], answers, images), "vqav2", split, on_bad_record,
+    keep, skipped = check_records(zip(raw["question"], answers, raw["image"]), "vqav2", split, on_bad_record,
                                   ids=ids, check_images=check_images)
     if skipped_out is not None:
         skipped_out.extend(skipped)
@@ -72,7 +71,7 @@ def load_vqav2(
     columns = {
         "question_id": raw["question_id"] if "question_id" in raw.column_names else keep,
         "image_id": raw["image_id"] if "image_id" in raw.column_names else keep,
-        "image": raw["image"],
+        "image": raw["image"],  # undecoded: collate opens each image and names its record if it fails
         "question": raw["question"],
         "answers": answers,
         "answer_type": answer_type,

@@ -81,7 +81,7 @@ class TinySpec:
     pretrain_seed: int = 0
     #: stage 2: steps on the multitask mixture (questions, captions, locating a caption in a 2x2 grid),
     #: continuing from stage 1. Mixing from step 0 kept the model image-blind far longer (zoo/mixture.py).
-    mixture_steps: int = 1500
+    mixture_steps: int = 0
     mixture_lr: float = 1e-3
 
 
@@ -379,7 +379,7 @@ class TrainConfig:
     #: "auto": that file when it exists, else a fresh start (for jobs that are requeued into the same
     #: directory); null: a fresh start. Give the old run's directory with hydra.run.dir=<dir>.
     ckpt_path: Optional[str] = None
-    ckpt_every_n_steps: int = 50  #: write checkpoints/last.ckpt every N optimiser steps (0: at epoch ends only)
+    ckpt_every_n_steps: int = 50  #: write checkpoints/last.ckpt every N optimiser steps (0: at each epoch end instead)
     on_nonfinite: str = "stop"  #: a NaN/inf loss or gradient: stop (raise, naming step, batch ids, lambdas) | skip the step
     test_after_fit: bool = True
 
@@ -398,7 +398,7 @@ class TrainConfig:
             _fail("ckpt_path", self.ckpt_path, f"no checkpoints/last.ckpt in output_dir={self.output_dir!r}: "
                   "resume into the old run's directory (hydra.run.dir=<run dir>), or use ckpt_path=auto")
         if self.ckpt_every_n_steps < 0:
-            _fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at epoch ends only)")
+            _fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at each epoch end instead)")
         _choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         name_or_path = self.model.name_or_path
         if self.model.source == "pretrained" and name_or_path.startswith(("/", ".", "~")):

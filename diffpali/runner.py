@@ -106,12 +106,10 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     logger = make_logger(cfg.logger, out, run_name, cfg.logger.group or cfg.experiment_name, resolved)
     if logger is not None and skipped:
         logger.log_metrics({f"data/skipped/{split}": float(n) for split, n in skipped.items()})
-    # Two writers of last.ckpt: Lightning allows one trigger per ModelCheckpoint (steps or epochs).
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0)]
-    if cfg.ckpt_every_n_steps:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                         every_n_train_steps=cfg.ckpt_every_n_steps))
-    callbacks.append(RNGState())
+    # One writer of last.ckpt (a second ModelCheckpoint would write last-v1.ckpt). Lightning takes one
+    # trigger per callback: every N steps, or else every epoch. A resume replays at most N-1 steps.
+    every = {"every_n_train_steps": cfg.ckpt_every_n_steps} if cfg.ckpt_every_n_steps else {}
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every), RNGState()]
     t = cfg.trainer
     trainer = L.Trainer(
         accelerator=t.accelerator,

@@ -257,7 +257,7 @@ def test_empty_questions_and_missing_answers_or_files_are_named(tmp_path):
         ("optim.lr=0", "optim.lr=0.0: must be > 0"),
         ("data.on_bad_record=drop", "data.on_bad_record='drop': must be one of error, skip"),
         ("on_nonfinite=ignore", "on_nonfinite='ignore': must be one of stop, skip"),
-        ("ckpt_every_n_steps=-1", "ckpt_every_n_steps=-1: must be >= 0 (0: at epoch ends only)"),
+        ("ckpt_every_n_steps=-1", "ckpt_every_n_steps=-1: must be >= 0 (0: at each epoch end instead)"),
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
         ("model=paligemma_3b_224 model.name_or_path=/no/such/dir",
          "model.name_or_path='/no/such/dir': local directory does not exist (or give a Hub id)"),

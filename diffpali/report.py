@@ -23,6 +23,9 @@ What a job directory holds (the contract this module reads)
       ``mmneedle/existence``  "-1" predicted exactly when the needle is absent, on all samples;
       ``mmneedle/cell_r{r}_c{c}``  exact accuracy of the positives whose needle is in row r, column c
                               (1-based; the per-cell heatmap).
+POPE results (``evaluate.py eval=pope``), for each setting (random, popular, adversarial):
+      ``pope/<setting>/<metric>``  metric in accuracy, precision, recall, f1, yes_ratio (fractions in
+                              [0, 1], "yes" the positive class) and ``other`` (replies neither yes nor no).
 ``failed.json`` (written by :func:`diffpali.cli.run_job` when the job raised)
     ``error_type``, ``message``, ``traceback``.
 
@@ -437,7 +440,7 @@ def unfinished_section(jobs: list[Job]) -> str:
     """Every job that gave no score, with why: failed (its error), incomplete, or completed without the metric."""
     lines = []
     for job in jobs:
-        if job.status == "completed" and (job.score is not None or job.needle):
+        if job.status == "completed" and (job.score is not None or job.needle or pope_scores(job)):
             continue
         why = job.error if job.status != "completed" else f"completed without `{METRIC}` (test_after_fit=false?)"
         row = f"row {job.table_row}, " if job.table_row is not None else ""
@@ -560,6 +563,117 @@ def table2_markdown(jobs: list[Job], source: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# POPE: object hallucination
+# --------------------------------------------------------------------------------------------
+POPE_PREFIX = "pope/"
+POPE_SETTINGS = ("random", "popular", "adversarial")
+#: the five POPE metrics, fractions in [0, 1] ("yes" is the positive class)
+POPE_METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+#: overrides of an evaluate.py run that do not change what it measures
+#: (eval.setting only picks which of the same cached probes are asked)
+_POPE_IGNORED = ("ckpt", "seed", "logger", "hydra", "device", "eval.setting", "eval.batch_size", "eval.cache_dir")
+
+
+def pope_scores(job: Job) -> dict[str, dict[str, float]]:
+    """``{setting: {metric: value}}`` from a completed run's ``pope/<setting>/<metric>`` keys."""
+    if job.status != "completed":
+        return {}
+    out: dict[str, dict[str, float]] = {}
+    for setting in POPE_SETTINGS:
+        for metric in (*POPE_METRICS, "other"):
+            value = _finite(job.metrics.get(f"{POPE_PREFIX}{setting}/{metric}"))
+            if value is not None:
+                out.setdefault(setting, {})[metric] = value
+    return out
+
+
+def _scored_run(job: Job) -> Optional[dict[str, Any]]:
+    """The job.json of the train.py run an evaluate.py run scored (``ckpt``), if it can be found."""
+    ckpt = job.get("ckpt")
+    if not ckpt or ckpt == "base":
+        return None
+    for candidate in (Path(ckpt), Path(ckpt).parent):
+        info = _read_json(candidate / JOB_FILE)
+        if info and info.get("config"):
+            return info
+    return None
+
+
+def _pope_group_key(job: Job) -> tuple[Any, str, str]:
+    """(Table 1 row, what was scored, how): runs of one training setting over seeds share a key.
+
+    What was scored is the base, or the scored run's overrides without its seed (and Table 1 row
+    selector), or the checkpoint path when that run's job.json is gone; how is the evaluate.py
+    overrides that change the probes (e.g. ``eval.probe_images=100``).
+    """
+    scored = _scored_run(job)
+    if job.get("ckpt") in (None, "base"):
+        model = "base"
+    elif scored is None:
+        model = f"ckpt={job.get('ckpt')}"
+    else:
+        model = Job("", "completed", scored.get("config") or {}, [str(o) for o in scored.get("overrides") or []]).setting
+    how = [o for o in job.overrides if not o.split("=", 1)[0].lstrip("+~").startswith(_POPE_IGNORED)]
+    return job.table_row, model, ",".join(sorted(how))
+
+
+def pope_rows(jobs: list[Job]) -> list[dict[str, Any]]:
+    """One line per (group of runs, POPE setting): mean ± sample std over the group's runs, in percent."""
+    groups: dict[tuple[Any, str, str], list[Job]] = {}
+    for job in jobs:
+        if pope_scores(job):
+            groups.setdefault(_pope_group_key(job), []).append(job)
+    rows = []
+    order = lambda key: (key[1] != "base", key[0] is None, key[0] or 0, key[1], key[2])  # noqa: E731 - base first
+    for (table_row, model, how), members in sorted(groups.items(), key=lambda kv: order(kv[0])):
+        scored = _scored_run(members[0])
+        label = "base (no adapter)" if model == "base" else diff_attn_label(
+            Job("", "completed", (scored or {}).get("config") or members[0].config))
+        for setting in POPE_SETTINGS:
+            runs = [pope_scores(j)[setting] for j in members if setting in pope_scores(j)]
+            if not runs:
+                continue
+            row: dict[str, Any] = {"row": table_row if table_row is not None else "", "model": label,
+                                   "scored": model, "eval_setting": how, "pope_setting": setting, "n": len(runs)}
+            for metric in POPE_METRICS:
+                mean, std, _ = mean_std(r[metric] for r in runs if metric in r)
+                row[metric] = pct(mean, std)
+                row[f"{metric}_mean_pct"] = None if mean is None else round(100 * mean, 4)
+                row[f"{metric}_std_pct"] = None if std is None else round(100 * std, 4)
+            other, _, _ = mean_std(r["other"] for r in runs if "other" in r)
+            row["other"] = None if other is None else round(other, 1)
+            rows.append(row)
+    return rows
+
+
+POPE_CSV_FIELDS = ["row", "model", "scored", "eval_setting", "pope_setting", "n", "other"] + [
+    f"{m}_{s}_pct" for m in POPE_METRICS for s in ("mean", "std")]
+
+
+def pope_markdown(jobs: list[Job], source: str) -> str:
+    rows = pope_rows(jobs)
+    show_how = any(r["eval_setting"] for r in rows)
+    header = ["row", "model", "scored run", "POPE setting", "n", "accuracy (%)", "precision (%)", "recall (%)",
+              "F1 (%)", "yes-ratio (%)", "other"] + (["eval setting"] if show_how else [])
+    lines = []
+    for r in rows:
+        line = [r["row"], r["model"], f"`{r['scored']}`" if r["scored"] else "—", r["pope_setting"], r["n"],
+                *(r[m] for m in POPE_METRICS), r["other"]]
+        lines.append(line + ([f"`{r['eval_setting']}`" if r["eval_setting"] else ""] if show_how else []))
+    note = (
+        "POPE (`evaluate.py eval=pope`): balanced yes/no questions \"is there a {object} in the image?\", half about "
+        "present objects, half about absent ones drawn at random, among the most frequent objects (popular) or "
+        "among those that co-occur most with the present ones (adversarial). \"yes\" is the positive class; "
+        "precision, recall and F1 are over \"yes\"; a yes-ratio far above 50% means the model says objects "
+        "are there when they are not (hallucination). `other`: replies that were neither yes nor no (mean count "
+        "per run; scored as wrong). Mean ± sample std over runs (n), in percent; every model is asked the same "
+        "cached probes."
+    )
+    return "\n".join(["## POPE: object hallucination", "", note, "", f"Source: `{source}`.", "",
+                      _md_table(header, lines)]) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
 def _write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: list[str]) -> None:
@@ -599,6 +713,11 @@ def write_report(jobs: list[Job], out: str | Path, source: str) -> dict[str, Pat
         fields += [f"cell_r{r}_c{c}" for r, c in cells]
         written["table2.csv"] = out / "table2.csv"
         _write_csv(written["table2.csv"], table2_rows(groups, cells), fields)
+    if any(pope_scores(j) for j in jobs):
+        written["pope.md"] = out / "pope.md"
+        written["pope.md"].write_text(pope_markdown(jobs, source))
+        written["pope.csv"] = out / "pope.csv"
+        _write_csv(written["pope.csv"], pope_rows(jobs), POPE_CSV_FIELDS)
     return written
 
 
@@ -633,6 +752,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(written["table1.md"].read_text())
     if "table2.md" in written:
         print(written["table2.md"].read_text())
+    if "pope.md" in written:
+        print(written["pope.md"].read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
 

@@ -348,3 +348,70 @@ def test_evaluate_py_eval_pope_writes_all_five_metrics_per_setting(tmp_path):
         assert metrics[f"pope/{setting}/probes"] == 16 and metrics[f"pope/{setting}/present"] == 8
     assert metrics["task"] == "pope" and metrics["pope"]["seed"] == 0
     assert "POPE (easy_vqa/test, 4 images, seed 0" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# python -m diffpali.report
+# --------------------------------------------------------------------------------------------
+def write_run(directory: Path, config: dict, overrides: list[str], metrics: dict | None) -> Path:
+    directory.mkdir(parents=True)
+    status = "completed" if metrics is not None else "running"
+    (directory / "job.json").write_text(json.dumps({"status": status, "overrides": overrides, "config": config}))
+    if metrics is not None:
+        (directory / "metrics.json").write_text(json.dumps(metrics))
+    return directory
+
+
+def pope_metrics(accuracy: float, yes_ratio: float, settings=SETTINGS) -> dict:
+    out = {"task": "pope", "seed": 0}
+    for k, setting in enumerate(settings):
+        values = {"accuracy": accuracy - 0.1 * k, "precision": 0.8, "recall": 0.9, "f1": 0.85, "yes_ratio": yes_ratio, "other": k}
+        out.update({f"pope/{setting}/{name}": v for name, v in values.items()})
+    return out
+
+
+def test_report_pope_table_over_seeds_beside_the_base(tmp_path, capsys):
+    import csv
+    import statistics
+
+    from diffpali.report import main
+
+    train, evals = tmp_path / "train", tmp_path / "evals"
+    runs = {}
+    for name, row, seed, attn in (("v1", 1, 1, "vanilla"), ("v2", 1, 2, "vanilla"), ("d1", 2, 1, "diff_dup")):
+        runs[name] = write_run(train / name, {"table_row": row, "seed": seed, "attn": {"variant": attn, "dup_mode": "separate"}},
+                               [f"+experiment/table1=row{row}", f"seed={seed}"], {"test/vqa_accuracy_official": 0.9})
+    write_run(evals / "base", {"ckpt": "base", "seed": 0}, ["ckpt=base", "eval=pope"], pope_metrics(0.70, 0.62))
+    write_run(evals / "v1", {"ckpt": str(runs["v1"]), "seed": 0}, [f"ckpt={runs['v1']}", "eval=pope"], pope_metrics(0.80, 0.50))
+    write_run(evals / "v2", {"ckpt": str(runs["v2"]), "seed": 0}, [f"ckpt={runs['v2']}", "eval=pope", "logger=none"],
+              pope_metrics(0.90, 0.54))
+    write_run(evals / "d1", {"ckpt": str(runs["d1"]), "seed": 0}, [f"ckpt={runs['d1']}", "eval=pope", "eval.setting=popular"],
+              pope_metrics(0.85, 0.40, settings=("popular",)))
+    write_run(evals / "d1_small", {"ckpt": str(runs["d1"]), "seed": 0},
+              [f"ckpt={runs['d1']}", "eval=pope", "eval.probe_images=10"], pope_metrics(0.60, 0.70))
+    write_run(evals / "killed", {"ckpt": str(runs["v1"]), "seed": 0}, [f"ckpt={runs['v1']}", "eval=pope"], None)
+
+    out = tmp_path / "report"
+    assert main([str(evals), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    md = (out / "pope.md").read_text()
+    assert md in printed and "## POPE: object hallucination" in md and "yes-ratio (%)" in md
+    with (out / "pope.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    base = [r for r in rows if r["model"] == "base (no adapter)"]
+    assert [r["pope_setting"] for r in base] == list(SETTINGS)
+    assert float(base[0]["accuracy_mean_pct"]) == pytest.approx(70.0) and float(base[2]["accuracy_mean_pct"]) == pytest.approx(50.0)
+    # both vanilla seeds of row 1 form one line per setting (logger=none does not split them)
+    vanilla = [r for r in rows if r["row"] == "1"]
+    assert [(r["pope_setting"], r["n"], r["model"]) for r in vanilla] == [(s, "2", "no") for s in SETTINGS]
+    assert float(vanilla[0]["accuracy_mean_pct"]) == pytest.approx(85.0)
+    assert float(vanilla[0]["accuracy_std_pct"]) == pytest.approx(100 * statistics.stdev([0.8, 0.9]), abs=1e-3)
+    assert float(vanilla[0]["yes_ratio_mean_pct"]) == pytest.approx(52.0) and float(vanilla[1]["other"]) == 1.0
+    # diff_dup: the popular-only run (the same probes as a full run) and the 10-image run (other probes) kept apart
+    dup = [r for r in rows if r["row"] == "2"]
+    assert [(r["pope_setting"], r["eval_setting"]) for r in dup] == [
+        ("random", "eval.probe_images=10,eval=pope"), ("popular", "eval.probe_images=10,eval=pope"),
+        ("adversarial", "eval.probe_images=10,eval=pope"), ("popular", "eval=pope")]
+    assert all(r["model"] == "yes (dup, separate)" for r in dup)
+    assert "**incomplete** `killed`" in (out / "table1.md").read_text()  # still listed, never averaged in
+    assert "`v1` (" not in (out / "table1.md").read_text()  # a POPE-scored run is not "without a score"

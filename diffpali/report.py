@@ -56,6 +56,8 @@ METRIC = "test/vqa_accuracy_official"
 NEEDLE_PREFIX = "mmneedle/"
 JOB_FILE, METRICS_FILE, FAILED_FILE = "job.json", "metrics.json", "failed.json"
 _CELL = re.compile(r"^mmneedle/cell_r(\d+)_c(\d+)$")
+#: exact/index/existence: the official mode; row/column: the paper's two questions, beside exact
+NEEDLE_METRICS = ("exact", "index", "existence", "row", "column")
 
 
 @dataclass(frozen=True)
@@ -209,15 +211,21 @@ def read_job(directory: Path, root: Path) -> Job:
     return Job(rel, status, config, overrides, metrics or {}, error)
 
 
+INHERITED = ("table_row", "attn", "ffn", "lora")
+
+
 def _inherit_from_checkpoint(config: dict[str, Any], root: Path) -> None:
-    """An evaluate.py run scores a train.py run (``ckpt``): it inherits that run's Table 1 row."""
+    """An evaluate.py run scores a train.py run (``ckpt``): it inherits that run's Table 1 row and
+    the method it was trained with (attention, FFN, LoRA), which its own config does not hold."""
     ckpt = config.get("ckpt")
-    if not ckpt or ckpt == "base" or config.get("table_row") is not None:
+    if not ckpt or ckpt == "base":
         return
     for candidate in (Path(ckpt), Path(ckpt).parent):
         info = _read_json(candidate / JOB_FILE)
-        if info and (info.get("config") or {}).get("table_row") is not None:
-            config["table_row"] = info["config"]["table_row"]
+        if info and info.get("config"):
+            for key in INHERITED:
+                if config.get(key) is None and info["config"].get(key) is not None:
+                    config[key] = info["config"][key]
             return
 
 
@@ -520,9 +528,9 @@ def table2_rows(groups: list[Group], cells: list[tuple[int, int]]) -> list[dict[
             "n": len(with_needle),
             "failed": group.count("failed") + group.count("incomplete"),
         }
-        for metric in ("exact", "index", "existence"):
+        for metric in NEEDLE_METRICS:
             mean, std, _ = mean_std(j.needle[f"{NEEDLE_PREFIX}{metric}"] for j in with_needle if f"{NEEDLE_PREFIX}{metric}" in j.needle)
-            row[metric] = pct(mean, std)
+            row["row_side" if metric == "row" else metric] = pct(mean, std)  # "row" names the Table 1 row
             row[f"{metric}_mean_pct"] = None if mean is None else round(100 * mean, 4)
             row[f"{metric}_std_pct"] = None if std is None else round(100 * std, 4)
         for r, c in cells:
@@ -538,13 +546,13 @@ def table2_markdown(jobs: list[Job], source: str) -> str:
     cells = needle_cells(jobs)
     rows = table2_rows(groups, cells)
     show_setting = any(r["setting"] for r in rows)
-    header = ["row", "diff attn", "n", "exact (%)", "index (%)", "existence (%)"]
+    header = ["row", "diff attn", "n", "exact (%)", "index (%)", "existence (%)", "row only (%)", "column only (%)"]
     header += [f"r{r}c{c} (%)" for r, c in cells]
     if show_setting:
         header.append("setting")
     lines = []
     for r in rows:
-        line = [r["row"], r["diff_attn"], r["n"], r["exact"], r["index"], r["existence"]]
+        line = [r["row"], r["diff_attn"], r["n"], r["exact"], r["index"], r["existence"], r["row_side"], r["column"]]
         line += ["—" if r[f"cell_r{a}_c{b}"] is None else f"{r[f'cell_r{a}_c{b}']:.2f}" for a, b in cells]
         if show_setting:
             line.append(f"`{r['setting']}`" if r["setting"] else "")
@@ -554,7 +562,8 @@ def table2_markdown(jobs: list[Job], source: str) -> str:
         "MMNeedle, every model scored the same way: a needle counts only if row AND column are right "
         "(chance 25% for 2×2). `exact`: whole answer right, on positives; `index`: image index right, on "
         "positives; `existence`: -1 exactly when the needle is absent; r{r}c{c}: exact accuracy of the "
-        "positives whose needle is in that cell (row, column 1-based). Mean ± sample std over runs (n), in percent. "
+        "positives whose needle is in that cell (row, column 1-based); `row only`/`column only` (paper mode): "
+        "one of the two questions right, shown beside exact, never instead of it. Mean ± sample std over runs (n), in percent. "
         f"Paper (its Table 2, M=1, N=2, 200 samples, 'index accuracy' = the cell is right): {paper}; "
         "its released scorer graded the diff model on the column only (chance 50%), so those numbers are "
         "not comparable with these."
@@ -709,7 +718,7 @@ def write_report(jobs: list[Job], out: str | Path, source: str) -> dict[str, Pat
         written["table2.md"] = out / "table2.md"
         written["table2.md"].write_text(table2_markdown(jobs, source))
         fields = ["row", "diff_attn", "setting", "n", "failed"]
-        fields += [f"{m}_{s}_pct" for m in ("exact", "index", "existence") for s in ("mean", "std")]
+        fields += [f"{m}_{s}_pct" for m in NEEDLE_METRICS for s in ("mean", "std")]
         fields += [f"cell_r{r}_c{c}" for r, c in cells]
         written["table2.csv"] = out / "table2.csv"
         _write_csv(written["table2.csv"], table2_rows(groups, cells), fields)

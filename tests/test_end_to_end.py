@@ -24,6 +24,7 @@ def smoke_model(cache: Path) -> list[str]:
         f"model.cache_dir={cache}",
         "model.build_eval_limit=32",
         "model.tiny.pretrain_steps=3",
+        "model.tiny.mixture_steps=2",
         "model.tiny.pretrain_batch_size=8",
         "model.tiny.vision.hidden_size=32",
         "model.tiny.vision.intermediate_size=64",
@@ -86,6 +87,29 @@ def test_evaluate_scores_the_trained_adapter_exactly_as_training_did(trained_run
     assert scored["convention"] == "official" and scored["test/count"] == 40
     # one scorer, one generation loop: the same adapter gets the same number in both places
     assert scored["test/vqa_accuracy_official"] == pytest.approx(trained["test/vqa_accuracy_official"], abs=1e-9)
+
+
+def test_evaluate_mmneedle_writes_metrics_heatmap_and_every_reply(trained_run):
+    tmp, run_dir, _ = trained_run
+    out = tmp / "mmneedle"
+    proc = run("evaluate.py", f"ckpt={run_dir}", "eval=mmneedle", "eval.samples=8", f"eval.cache_dir={tmp / 'haystacks'}",
+               *smoke_model(tmp / "cache"), f"hydra.run.dir={out}")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "mmneedle" and metrics["mmneedle/mode"] == "paper"
+    assert metrics["mmneedle/samples"] == metrics["mmneedle/positives"] == 8
+    assert {k for k in metrics if k.startswith("mmneedle/cell_")} == {f"mmneedle/cell_r{r}_c{c}" for r in (1, 2) for c in (1, 2)}
+    assert 0.0 <= metrics["mmneedle/exact"] <= min(metrics["mmneedle/row"], metrics["mmneedle/column"])
+    assert metrics["haystacks"]["seed"] == 0 and metrics["haystacks"]["source"] == "easy_vqa/test"
+    assert len((out / "mmneedle_replies.jsonl").read_text().splitlines()) == 8
+    assert (out / "mmneedle_heatmap.png").stat().st_size > 1000
+    assert "chance 25%" in proc.stdout and "exact" in proc.stdout
+
+    official = tmp / "mmneedle_official"
+    run("evaluate.py", f"ckpt={run_dir}", "eval=mmneedle", "eval.mode=official", "eval.samples=8",
+        f"eval.cache_dir={tmp / 'haystacks'}", *smoke_model(tmp / "cache"), f"hydra.run.dir={official}")
+    metrics = json.loads((official / "metrics.json").read_text())
+    assert (metrics["mmneedle/positives"], metrics["mmneedle/negatives"]) == (4, 4)
+    assert {"mmneedle/index", "mmneedle/existence"} <= metrics.keys()
 
 
 def test_a_bad_value_exits_before_loading_anything(tmp_path):

@@ -127,6 +127,26 @@ def test_table2_when_mmneedle_results_exist(tmp_path):
     assert "yes (dup, separate)" in md
 
 
+def test_an_evaluate_run_inherits_the_method_of_the_run_it_scores(tmp_path):
+    """evaluate.py's config has no attn/ffn/lora: the report reads them from the scored run's job.json,
+    and a paper-mode result shows its row-only and column-only scores beside exact."""
+    trained = write_job(tmp_path / "train", "diff_split_run", attn="diff_split", rank=8)
+    evaluation = tmp_path / "evals" / "needle"
+    evaluation.mkdir(parents=True)
+    (evaluation / "job.json").write_text(json.dumps({"status": "completed", "overrides": [f"ckpt={trained}", "eval=mmneedle"],
+                                                     "config": {"ckpt": str(trained), "seed": 0}}))
+    (evaluation / "metrics.json").write_text(json.dumps({"seed": 0, "mmneedle/mode": "paper", "mmneedle/exact": 0.3,
+                                                         "mmneedle/row": 0.6, "mmneedle/column": 0.55}))
+    (job,) = load_jobs(tmp_path / "evals")
+    assert job.get("attn.variant") == "diff_split" and job.get("lora.rank") == 8
+    assert main([str(tmp_path / "evals")]) == 0
+    (line,) = read_csv(tmp_path / "evals" / "table2.csv")
+    assert float(line["row_mean_pct"]) == pytest.approx(60.0) and float(line["column_mean_pct"]) == pytest.approx(55.0)
+    md = (tmp_path / "evals" / "table2.md").read_text()
+    (table_line,) = [l for l in md.splitlines() if "30.00" in l]
+    assert "yes (original)" in table_line and "60.00" in table_line and "55.00" in table_line
+
+
 def test_an_empty_directory_is_an_error_not_an_empty_table(tmp_path, capsys):
     assert main([str(tmp_path)]) == 1
     assert "no runs found" in capsys.readouterr().err

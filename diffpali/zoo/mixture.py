@@ -5,10 +5,12 @@ As PaliGemma's own pretraining mixes tasks, so does the tiny base's, so that the
 
 - ``vqa``      "answer en {question}"          -> easy-vqa answer
 - ``caption``  "caption en"                    -> "a {color} {shape}"
-- ``where``    the paper's "Top or Bottom?" / "Left or Right?" on a 2x2 grid -> top|bottom|left|right
-- ``needle``   MMNeedle's official prompt on a 2x2 grid -> "1, row, col", or "-1" when absent
+- ``where``    "answer en " + the paper's "Top or Bottom?" / "Left or Right?" on a 2x2 grid -> top|bottom|left|right
+- ``needle``   "answer en " + MMNeedle's official prompt on a 2x2 grid -> "1, row, col", or "-1" when absent
 
-Each batch holds one task, drawn by the task weights from a generator seeded by (seed, batch);
+Stage 1 of the build uses VQA only, stage 2 the whole mixture (weights below). Grids are stitched
+from TRAIN images; evaluate.py's haystacks come from TEST images only. Each batch holds one task,
+drawn by the stage's weights from a generator seeded by (seed, batch);
 example ``i`` is drawn from a generator seeded by (seed, i). The stream is the same whatever the
 number of data-loader workers. One task per batch because the prompts differ threefold in length
 (MMNeedle's instruction is ~50 tokens, a VQA prompt ~10): mixed batches padded to the longest spent
@@ -25,23 +27,33 @@ from PIL import Image
 
 from ..data import easy_vqa
 from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer, stitch
+from ..needle.sources import caption_of
 
-#: Captions and grid tasks are implemented but off in the shipped recipe. On a CPU, with 20% of
-#: batches on them (captions alone too), the tiny model stayed image-blind (answering from the
-#: question alone, 0.65) for 1500 steps, while VQA alone left that plateau by step 600.
-TASK_WEIGHTS = {"vqa": 1.0, "caption": 0.0, "where": 0.0, "needle": 0.0}
+#: Stage 1 (VQA only). On a CPU, with 20% of batches on captions and grid tasks from step 0, the
+#: tiny model stayed image-blind (answering from the question alone, 0.65) for 1500 steps, while VQA
+#: alone left that plateau by step 600; so the other tasks come in stage 2, once the image is used.
+STAGE1_WEIGHTS = {"vqa": 1.0, "caption": 0.0, "where": 0.0, "needle": 0.0}
+#: Stage 2: keep the questions (so VQA is not forgotten) and teach captions and locating a caption.
+STAGE2_WEIGHTS = {"vqa": 0.4, "caption": 0.1, "where": 0.25, "needle": 0.25}
+#: Grid questions are asked through the VQA prompt, as evaluate.py asks them after fine-tuning.
+QUESTION_PROMPT = "answer en {question}"
 GRID_N = 2
-
-
-def caption_of(color: str, shape: str) -> str:
-    return f"a {color} {shape}"
 
 
 class PretrainMixture(torch.utils.data.Dataset):
     """``length`` examples of the mixture, each an (image, prefix, suffix, task) dict."""
 
-    def __init__(self, length: int, seed: int, batch_size: int, cell_size: int, val_fraction: float = 0.1):
+    def __init__(
+        self,
+        length: int,
+        seed: int,
+        batch_size: int,
+        cell_size: int,
+        val_fraction: float = 0.1,
+        weights: dict[str, float] | None = None,
+    ):
         self.length = length
+        self.weights = dict(weights or STAGE1_WEIGHTS)
         self.seed = seed
         self.batch_size = batch_size
         self.cell_size = cell_size
@@ -77,10 +89,10 @@ class PretrainMixture(torch.utils.data.Dataset):
             cell = rng.randrange(GRID_N * GRID_N)
             row, col = divmod(cell, GRID_N)
             if rng.random() < 0.5:
-                prefix, suffix = TOP_BOTTOM_PROMPT.format(caption=captions[cell]), ("top" if row == 0 else "bottom")
+                question, suffix = TOP_BOTTOM_PROMPT.format(caption=captions[cell]), ("top" if row == 0 else "bottom")
             else:
-                prefix, suffix = LEFT_RIGHT_PROMPT.format(caption=captions[cell]), ("left" if col == 0 else "right")
-            return {"image": grid, "prefix": prefix, "suffix": suffix, "task": task}
+                question, suffix = LEFT_RIGHT_PROMPT.format(caption=captions[cell]), ("left" if col == 0 else "right")
+            return {"image": grid, "prefix": QUESTION_PROMPT.format(question=question), "suffix": suffix, "task": task}
         if rng.random() < 0.5:  # negative: a caption from outside the haystack
             caption = rng.choice([c for c in self.all_captions if c not in captions])
             suffix = "-1"
@@ -88,12 +100,12 @@ class PretrainMixture(torch.utils.data.Dataset):
             cell = rng.randrange(GRID_N * GRID_N)
             caption = captions[cell]
             suffix = needle_answer(1, cell // GRID_N + 1, cell % GRID_N + 1)
-        prefix = NEEDLE_PROMPT.format(M=1, N=GRID_N, caption=caption)
+        prefix = QUESTION_PROMPT.format(question=NEEDLE_PROMPT.format(M=1, N=GRID_N, caption=caption))
         return {"image": grid, "prefix": prefix, "suffix": suffix, "task": task}
 
     def task_of_batch(self, batch: int) -> str:
         rng = random.Random(f"{self.seed}/batch/{batch}")
-        return rng.choices(list(TASK_WEIGHTS), weights=list(TASK_WEIGHTS.values()))[0]
+        return rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
 
     def _grid(self, rng: random.Random) -> tuple[Image.Image, list[str]]:
         """Four train images with four different captions, stitched row-major."""

@@ -12,6 +12,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+from .analysis.lambda_history import LambdaHistory
 from .checkpointing import (
     CHECKPOINT_DIR,
     AtomicCheckpointIO,
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     # One writer of last.ckpt (a second ModelCheckpoint would write last-v1.ckpt). Lightning takes one
     # trigger per callback: every N steps, or else every epoch. A resume replays at most N-1 steps.
     every = {"every_n_train_steps": cfg.ckpt_every_n_steps} if cfg.ckpt_every_n_steps else {}
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every), RNGState()]
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every), RNGState(), LambdaHistory(out)]
     t = cfg.trainer
     trainer = L.Trainer(
         accelerator=t.accelerator,

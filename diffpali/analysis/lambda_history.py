@@ -1,0 +1,70 @@
+"""Per-layer lambda over training, recorded to ``<run>/lambda_history.jsonl`` (no W&B needed).
+
+One JSON object per recorded step: ``{"step": 50, "text/layer0": 0.21, "vision/layer1": 0.37, ...}``.
+A resumed run appends again from its checkpoint's step, so readers keep the last record of a step.
+Vanilla runs have no lambda and write no file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from ..surgery import lambda_values
+
+HISTORY_FILE = "lambda_history.jsonl"
+
+
+class LambdaHistory(L.Callback):
+    """Appends every layer's lambda at the start of training and every ``log_every_n_steps`` steps.
+
+    Same cadence as the ``lambda/...`` metrics of :class:`~diffpali.module.DiffPaliModule`; rank zero only.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / HISTORY_FILE
+        self._last_step: int | None = None  # with gradient accumulation several batches end on one step
+
+    def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        values = lambda_values(pl_module.model if hasattr(pl_module, "model") else pl_module)
+        if not values:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"step": int(trainer.global_step), **values}) + "\n")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._record(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        every = max(1, int(trainer.log_every_n_steps))
+        if trainer.global_step % every == 0 and trainer.global_step != self._last_step:
+            self._record(trainer, pl_module)
+            self._last_step = trainer.global_step
+
+
+def read_history(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """``{"text/layer0": [(step, lambda), ...], ...}`` from a run's history, steps ascending, last record wins."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no lambda history (vanilla runs have none; runs before it was recorded neither)")
+    by_step: dict[int, dict[str, float]] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            by_step[int(record.pop("step"))] = {k: float(v) for k, v in record.items()}
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{number}: not a lambda record ({err}): {line[:80]!r}") from err
+    series: dict[str, list[tuple[int, float]]] = {}
+    for step in sorted(by_step):
+        for name, value in by_step[step].items():
+            series.setdefault(name, []).append((step, value))
+    return series

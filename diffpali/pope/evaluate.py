@@ -56,15 +56,17 @@ def run_pope(cfg: EvaluateConfig, model: Any, processor: Any, device: str, out: 
 
     metrics: dict[str, Any] = {}
     scores: dict[str, PopeScores] = {}
+    by_kind: dict[str, dict[str, PopeScores]] = {}
     for setting in settings:
         said = [replies[(p.path, p.question)] for p in asked[setting]]
         scores[setting] = score_pope([p.truth for p in asked[setting]], said)
         metrics.update(scores[setting].as_metrics(f"pope/{setting}/"))
         kinds = sorted({p.kind for p in asked[setting]})
         if len(kinds) > 1:  # easy-vqa: colour and shape questions apart
+            by_kind[setting] = {}
             for kind in kinds:
                 mine = [(p.truth, r) for p, r in zip(asked[setting], said) if p.kind == kind]
-                part = score_pope([t for t, _ in mine], [r for _, r in mine])
+                part = by_kind[setting][kind] = score_pope([t for t, _ in mine], [r for _, r in mine])
                 for name in (*METRICS, "probes", "other"):
                     metrics[f"pope/{setting}/by_kind/{kind}/{name}"] = getattr(part, name)
     images = len({p.image for s in settings for p in asked[s]})
@@ -79,7 +81,7 @@ def run_pope(cfg: EvaluateConfig, model: Any, processor: Any, device: str, out: 
     }
     _write_replies(out / REPLIES_FILE, asked, replies)
     tables = {"pope/wrong_answers": wrong_answers(asked, replies)}
-    return EvalOutcome(metrics, summary(scores, probe_sets, images, out), tables)
+    return EvalOutcome(metrics, summary(scores, by_kind, probe_sets, images, out), tables)
 
 
 def wrong_answers(asked: dict[str, list[Probe]], replies: dict[tuple[str, str], str]) -> EvalTable:
@@ -115,7 +117,8 @@ def _write_replies(path: Path, asked: dict[str, list[Probe]], replies: dict[tupl
                                          "parsed": parse_yes_no(reply)}) + "\n")
 
 
-def summary(scores: dict[str, PopeScores], probe_sets: ProbeSet, images: int, out: Path) -> str:
+def summary(scores: dict[str, PopeScores], by_kind: dict[str, dict[str, PopeScores]], probe_sets: ProbeSet,
+            images: int, out: Path) -> str:
     spec = probe_sets.spec
     lines = [f"POPE ({spec.source}, {images} images, seed {spec.seed}; half the probes ask about a present object; "
              "'yes' is the positive class):",
@@ -124,5 +127,8 @@ def summary(scores: dict[str, PopeScores], probe_sets: ProbeSet, images: int, ou
     for setting, s in scores.items():
         lines.append(f"  {setting:<12} {s.probes:>6} {s.accuracy:>8.3f} {s.precision:>9.3f} {s.recall:>6.3f} "
                      f"{s.f1:>6.3f} {s.yes_ratio:>9.3f} {s.other:>5}")
+    for setting, kinds in by_kind.items():
+        parts = [f"{kind} accuracy {k.accuracy:.3f}, yes-ratio {k.yes_ratio:.3f}" for kind, k in kinds.items()]
+        lines.append(f"  {setting:<12} by kind: " + "; ".join(parts))
     lines += [f"run directory: {out}  (metrics.json, {REPLIES_FILE})", f"probes: {probe_sets.path}"]
     return "\n".join(lines)

@@ -80,7 +80,8 @@ class TinySpec:
     pretrain_lr: float = 3e-3
     pretrain_seed: int = 0
     #: stage 2: steps on the multitask mixture (questions, captions, locating a caption in a 2x2 grid),
-    #: continuing from stage 1. Mixing from step 0 kept the model image-blind far longer (zoo/mixture.py).
+    #: continuing from stage 1 (mixing from step 0 kept the model image-blind far longer). 0: no stage 2,
+    #: as shipped: 1,500 CPU steps of it still answered location questions with a constant (zoo/build.py)
     mixture_steps: int = 0
     mixture_lr: float = 1e-3
 

@@ -107,13 +107,16 @@ def main() -> None:
               f"(total {time.time() - started:.0f} s)", flush=True)
         exact = killed = 0
         for k in range(args.kills):
-            outcome = trial(Path(tmp) / f"trial{k}", extra, window, rng)
-            same = identical(weights(Path(tmp) / f"trial{k}"), expected)
+            for attempt in range(3):  # a run that finished before its kill time is tried again, killed sooner
+                outcome = trial(Path(tmp) / f"trial{k}-{attempt}", extra, window / 2**attempt, rng)
+                if outcome["killed"]:
+                    break
+            same = identical(weights(Path(tmp) / f"trial{k}-{attempt}"), expected)
             killed += outcome["killed"]
             exact += same and outcome["killed"]
             print(f"trial {k}: {outcome} -> weights {'identical' if same else 'DIFFER'}", flush=True)
     print(f"{exact}/{killed} resumes reproduced the weights exactly "
-          f"({args.kills - killed} run(s) finished before their kill time; {time.time() - started:.0f} s)")
+          f"({args.kills - killed} trial(s) finished before every kill time; {time.time() - started:.0f} s)")
     sys.exit(0 if exact == killed and killed > 0 else 1)
 
 

@@ -16,6 +16,9 @@ the exception is re-raised to Hydra. Hydra's basic sweeper catches it, runs the 
 batch (all jobs, unless ``hydra.sweeper.max_batch_size`` is set), then re-raises the first failure:
 every job gets its chance, and the sweep still exits with a non-zero status. A bad config value
 exits a single run with status 2 and one line naming the key; in a multirun it fails that job only.
+A bad data record, a checkpoint written for another model or a non-finite loss ends a single run
+with status 1 and one line naming the record, the differing fields or the step (see README,
+"Resuming, bad data, failures"); ``failed.json`` holds the traceback.
 """
 
 from __future__ import annotations
@@ -102,9 +105,22 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
         from .loggers import finish_failed
 
         finish_failed()
+        if not multirun and isinstance(err, reported_errors()):
+            # The message already names the record, checkpoint field or step: a traceback adds nothing.
+            print(f"{type(err).__name__}: {err}", file=sys.stderr)
+            sys.exit(1)
         raise
     record.completed(out, typed)
     return metrics
+
+
+def reported_errors() -> tuple[type[BaseException], ...]:
+    """Failures whose message says everything (what, where, what to do): printed as one line, exit status 1."""
+    from .checkpointing import CheckpointMismatchError
+    from .data.schema import BadRecordError
+    from .nonfinite import NonFiniteError
+
+    return (BadRecordError, CheckpointMismatchError, NonFiniteError)
 
 
 def sweep_group(experiment_name: str, sweep_dir: str) -> str:

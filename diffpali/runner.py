@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,8 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     ``ckpt_path=last|auto`` resumes from there with the same weights, optimiser state, RNG and data order.
     """
     started = time.time()
+    # Lightning cannot see that the datamodule resumes its sampler mid-epoch, and warns that it might not.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR

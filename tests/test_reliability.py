@@ -4,7 +4,10 @@ non-finite loss, safe loading. Real tiny PaliGemma, real peft, real Lightning Tr
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +346,29 @@ def test_adapters_and_new_parameters_reload_from_safetensors_alone(tiny_processo
 
 def test_remote_code_is_off_unless_the_config_asks():
     assert ModelConfig().trust_remote_code is False
+
+
+# ---------------------------------------------------------------------------------------- real runs
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+
+
+@pytest.mark.slow
+def test_a_real_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights():
+    """benchmarks/faults.py once: train.py to the end, then a run SIGKILLed at a random step and resumed."""
+    proc = subprocess.run([sys.executable, "benchmarks/faults.py", "--kills", "1", "data.train_limit=32"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "1/1 resumes reproduced the weights exactly" in proc.stdout
+
+
+@pytest.mark.slow
+def test_train_py_names_a_bad_record_in_one_line_before_loading_the_model(vqav2_dir, tmp_path):
+    proc = subprocess.run([sys.executable, "train.py", "data=vqav2", f"data.path={vqav2_dir}", "logger=none",
+                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("BadRecordError: vqav2[train] record 5, question_id=1005: unreadable image ("), last
+    assert "trainable of" not in (tmp_path / "run" / "train.log").read_text()  # stopped before the model loaded
+    assert (tmp_path / "run" / "failed.json").is_file()

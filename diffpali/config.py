@@ -136,7 +136,10 @@ class DataConfig:
     name: str = "easy_vqa"  #: easy_vqa | vqav2
     path: str = ""  #: vqav2: Hub id or local directory of parquet/arrow files
     train_split: str = "train"
-    val_split: str = "validation"  #: vqav2 only; easy_vqa carves validation out of train
+    #: vqav2 only (easy_vqa carves validation out of train). "minival": a fixed slice of TRAIN images
+    #: (``minival_fraction``), held out of training, so the split that is reported is never tuned on
+    val_split: str = "validation"
+    minival_fraction: float = 0.02  #: vqav2 with val_split=minival: share of train images held out
     test_split: str = "test"
     val_fraction: float = 0.1  #: easy_vqa: share of TRAIN images held out for validation
     train_limit: Optional[int] = None  #: first N training records (quick runs)
@@ -157,6 +160,14 @@ class DataConfig:
     def validate(self, key: str = "data") -> None:
         _choice(f"{key}.name", self.name, ("easy_vqa", "vqav2"))
         _choice(f"{key}.on_bad_record", self.on_bad_record, ("error", "skip"))
+        if not 0.0 < self.minival_fraction < 1.0:
+            _fail(f"{key}.minival_fraction", self.minival_fraction, "must be in (0, 1)")
+        if self.name == "vqav2" and "minival" in (self.train_split, self.test_split):
+            _fail(f"{key}.test_split" if self.test_split == "minival" else f"{key}.train_split", "minival",
+                  "minival is a tuning slice: use it as val_split only")
+        if self.name == "vqav2" and self.val_split != "minival" and self.val_split == self.test_split:
+            _fail(f"{key}.val_split", self.val_split, f"is also test_split: validation would tune on the reported split; "
+                  "use val_split=minival (a held-out slice of train)")
         if not 0.0 < self.val_fraction < 1.0:
             _fail(f"{key}.val_fraction", self.val_fraction, "must be in (0, 1)")
         for name in ("batch_size", "eval_batch_size", "max_new_tokens"):

@@ -83,3 +83,47 @@ def test_an_unreadable_image_names_its_record(tmp_path):
     ref = RecordRef("vqav2", "validation", 7, question_id=123)
     with pytest.raises(ValueError, match=r"vqav2\[validation\] record 7, question_id=123: unreadable image"):
         load_rgb(str(broken), ref)
+
+
+def _vqav2_train(path, image_ids):
+    """A local VQAv2-schema train split: two questions per image id, in the given row order."""
+    import io
+
+    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
+    ids = [i for i in image_ids for _ in range(2)]
+    features = Features({"question_id": Value("int64"), "image_id": Value("int64"), "image": ImageFeature(),
+                         "question": Value("string"), "answers": Sequence(Value("string")), "answer_type": Value("string")})
+    rows = {"question_id": [10 * i + k % 2 for k, i in enumerate(ids)], "image_id": ids,
+            "image": [{"bytes": buffer.getvalue(), "path": None}] * len(ids), "question": ["what color?"] * len(ids),
+            "answers": [["red"] * 10] * len(ids), "answer_type": ["other"] * len(ids)}
+    Dataset.from_dict(rows, features=features).save_to_disk(str(path))
+    return path
+
+
+def test_vqav2_minival_is_a_fixed_slice_of_train_images_held_out_of_training(tmp_path):
+    from diffpali.config import DataConfig
+    from diffpali.data.datamodule import load_split
+
+    image_ids = list(range(300))
+    shuffled = image_ids[::-1]
+    sets = []
+    for name, order in (("a", image_ids), ("b", shuffled)):
+        cfg = DataConfig(name="vqav2", path=str(_vqav2_train(tmp_path / name, order)), val_split="minival",
+                         test_split="validation", minival_fraction=0.1, check_images=False)
+        minival = set(load_split(cfg, "validation", None)["image_id"])
+        train = set(load_split(cfg, "train", None)["image_id"])
+        assert minival and train and not minival & train and minival | train == set(image_ids)
+        assert 10 <= len(minival) <= 50  # about 10% of 300 images
+        sets.append(minival)
+    assert sets[0] == sets[1]  # membership follows the image id, not the row order
+
+
+def test_vqav2_validation_equal_to_the_reported_split_is_refused():
+    from diffpali.config import ConfigError, DataConfig
+
+    with pytest.raises(ConfigError, match="data.val_split='validation': is also test_split"):
+        DataConfig(name="vqav2", path="some/hub-id", val_split="validation", test_split="validation").validate()
+    DataConfig(name="vqav2", path="some/hub-id", val_split="minival", test_split="validation").validate()

@@ -103,6 +103,10 @@ def test_evaluate_mmneedle_writes_metrics_heatmap_and_every_reply(trained_run):
     assert len((out / "mmneedle_replies.jsonl").read_text().splitlines()) == 8
     assert (out / "mmneedle_heatmap.png").stat().st_size > 1000
     assert "chance 25%" in proc.stdout and "exact" in proc.stdout
+    (table,) = (out / "wandb").glob("offline-run-*/files/media/table/mmneedle/samples_*.table.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == ["sample_id", "haystack", "caption", "answer", "reply", "exact"] and len(logged["data"]) == 8
+    assert list((out / "wandb").glob("offline-run-*/files/media/images/mmneedle/heatmap_*.png"))
 
     official = tmp / "mmneedle_official"
     run("evaluate.py", f"ckpt={run_dir}", "eval=mmneedle", "eval.mode=official", "eval.samples=8",

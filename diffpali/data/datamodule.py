@@ -26,7 +26,9 @@ def load_split(cfg: DataConfig, split: str, limit: int | None, skipped_out: list
     if cfg.name == "easy_vqa":
         return load_easy_vqa(split, cfg.val_fraction, limit, cfg.on_bad_record, cfg.check_images, skipped_out)
     source_split = {"train": cfg.train_split, "validation": cfg.val_split, "test": cfg.test_split}[split]
-    return load_vqav2(cfg.path, source_split, limit, cfg.on_bad_record, cfg.check_images, skipped_out)
+    hold_out = split == "train" and cfg.val_split == "minival"  # minival images never train
+    return load_vqav2(cfg.path, source_split, limit, cfg.on_bad_record, cfg.check_images, skipped_out,
+                      minival_fraction=cfg.minival_fraction, hold_out_minival=hold_out)
 
 
 class VQADataModule(L.LightningDataModule):

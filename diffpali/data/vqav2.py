@@ -3,10 +3,15 @@
 Accepted inputs: a Hub dataset id (``load_dataset``), a directory saved with ``save_to_disk``, or a
 directory holding ``{split}*.parquet`` / ``{split}*.arrow`` files. Answers may be ten strings or
 ten ``{"answer": ...}`` dicts (the Hub's layout).
+
+``minival`` is not a file split: it is a fixed slice of TRAIN images (each image in or out by a
+hash of its id, so the slice does not depend on row order or on limits), held out of training
+when it serves as validation; the reported split (VQAv2 validation) is then never tuned on.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -39,6 +44,23 @@ def _read(path: str, split: str) -> Dataset:
     raise FileNotFoundError(f"data.path={path!r}: no {split}*.parquet or {split}*.arrow files and no saved dataset")
 
 
+MINIVAL = "minival"
+MINIVAL_SALT = "diffpali-minival"  #: fixes which train images form minival
+
+
+def in_minival(image_id: int | str, fraction: float) -> bool:
+    """Whether a train image belongs to minival: a stable hash of its id, not its position."""
+    digest = hashlib.sha256(f"{MINIVAL_SALT}/{image_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _select_images(raw: Dataset, keep_minival: bool, fraction: float, path: str) -> Dataset:
+    if "image_id" not in raw.column_names:
+        raise ValueError(f"vqav2 at {path!r}: minival needs an image_id column (questions of one image stay together)")
+    rows = [i for i, image_id in enumerate(raw["image_id"]) if in_minival(image_id, fraction) == keep_minival]
+    return raw.select(rows)
+
+
 def load_vqav2(
     path: str,
     split: str,
@@ -46,9 +68,20 @@ def load_vqav2(
     on_bad_record: str = "error",
     check_images: bool = False,
     skipped_out: list[str] | None = None,
+    minival_fraction: float = 0.02,
+    hold_out_minival: bool = False,
 ) -> Dataset:
-    """One split as a ``datasets.Dataset`` with :data:`VQA_FEATURES`; skipped records go to ``skipped_out``."""
-    raw = _read(path, split)
+    """One split as a ``datasets.Dataset`` with :data:`VQA_FEATURES`; skipped records go to ``skipped_out``.
+
+    ``minival``: ``split="minival"`` reads the train images in minival; ``hold_out_minival`` drops them
+    from the split read (train, when minival is the validation split).
+    """
+    if split == MINIVAL:
+        raw = _select_images(_read(path, "train"), True, minival_fraction, path)
+    else:
+        raw = _read(path, split)
+        if hold_out_minival:
+            raw = _select_images(raw, False, minival_fraction, path)
     if limit is not None:
         raw = raw.select(range(min(limit, len(raw))))
     missing = {"image", "question", "answers"} - set(raw.column_names)

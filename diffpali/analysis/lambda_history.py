@@ -60,7 +60,8 @@ def read_history(run_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
             continue
         try:
             record = json.loads(line)
-            by_step[int(record.pop("step"))] = {k: float(v) for k, v in record.items()}
+            step = int(record.pop("step"))
+            by_step[step] = {k: float(v) for k, v in record.items()}
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{path}:{number}: not a lambda record ({err}): {line[:80]!r}") from err
     series: dict[str, list[tuple[int, float]]] = {}

@@ -1,0 +1,203 @@
+"""``python evaluate.py ckpt=... eval=attention``: where the answer tokens look on MMNeedle haystacks.
+
+The samples are MMNeedle's (same cached haystacks, same prompts wrapped in the VQA prompt, the same
+``eval.limit`` cut), positives only: a needle cell must exist for its share to mean anything. Each
+question is teacher-forced with its *true* answer ("top"/"bottom", "left"/"right" in paper mode,
+"index, row, column" in official mode), so every checkpoint is measured on the same tokens and rows.
+The rows measured are those whose next-token prediction is an answer token; in paper mode the answer
+is one token, so the only row is the last prompt token and the forced answer does not influence it.
+Whether the model would have answered right is recorded per question (its argmax at each row).
+
+Only the text decoder is recorded (the answer tokens live there); the vision tower keeps its kernel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from ..config import EvaluateConfig
+from ..data.collate import PaliGemmaCollator, model_inputs, to_device
+from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer
+from ..eval_tasks import EvalOutcome, EvalTable, batch_size
+from ..needle.evaluate import haystack_set, needle_example
+from ..needle.haystack import Haystack
+from .layout import cell_patches, sample_layout, straddling_patches
+from .lambda_history import HISTORY_FILE, read_history
+from .plots import OverlayItem, lambda_trajectories, layer_curves, overlay_figure
+from .recorder import record_attention, text_implementation
+from .shares import ShareAccumulator, image_map, row_shares
+
+OVERLAY_FILE = "attention_overlays.png"
+CURVES_FILE = "attention_layers.png"
+LAMBDA_FILE = "lambda_trajectories.png"
+SAMPLES_FILE = "attention_samples.jsonl"
+PREFIX = "attention/text"
+
+
+@dataclass
+class Question:
+    """One teacher-forced question about a haystack."""
+
+    haystack: Haystack
+    kind: str  #: row | column (paper mode) or needle (official)
+    prefix: str
+    answer: str
+
+
+def questions(cfg: EvaluateConfig, haystacks: list[Haystack]) -> list[Question]:
+    """MMNeedle's prompts for the positives among ``haystacks``, each with its true answer."""
+    ask = lambda question: cfg.data.prompt.format(question=question)  # noqa: E731 - as run_mmneedle asks
+    out: list[Question] = []
+    for h in haystacks:
+        if h.target is None:
+            continue
+        index, row, col = h.target
+        if cfg.eval.mode == "official":
+            out.append(Question(h, "needle", ask(NEEDLE_PROMPT.format(M=cfg.eval.images, N=cfg.eval.grid, caption=h.caption)),
+                                needle_answer(index, row, col)))
+        else:
+            out.append(Question(h, "row", ask(TOP_BOTTOM_PROMPT.format(caption=h.caption)), ("top", "bottom")[row - 1]))
+            out.append(Question(h, "column", ask(LEFT_RIGHT_PROMPT.format(caption=h.caption)), ("left", "right")[col - 1]))
+    return out
+
+
+def variant_name(model: Any) -> str:
+    """vanilla | diff_split | diff_dup_shared | diff_dup_separate, from the text tower's implementation."""
+    name = text_implementation(model)
+    return name.removeprefix("diffpali_") if name.startswith("diffpali_") else "vanilla"
+
+
+def patch_geometry(model: Any) -> tuple[int, int]:
+    vision = model.config.vision_config if hasattr(model, "config") else model.get_base_model().config.vision_config
+    return int(vision.image_size), int(vision.patch_size)
+
+
+def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, out: Path) -> EvalOutcome:
+    e = cfg.eval
+    stacks = haystack_set(cfg, processor)
+    haystacks = stacks.haystacks[: e.limit] if e.limit else stacks.haystacks
+    asked = questions(cfg, haystacks)
+    if not asked:
+        raise ValueError(f"eval=attention: no positive haystack among the {len(haystacks)} samples "
+                         "(official mode: lower eval.negative_fraction or raise eval.limit)")
+    image_size, patch = patch_geometry(model)
+    cells = cell_patches(image_size, patch, e.grid)
+    tokens_per_image = int(processor.image_seq_length)
+    collate = PaliGemmaCollator(processor, train=True, dataset_name="attention")
+    accumulator = ShareAccumulator()
+    overlays: dict[int, list[torch.Tensor]] = {}  # sample_id -> per-layer image maps, summed over its questions
+    overlay_ids = list(dict.fromkeys(q.haystack.sample_id for q in asked))[: e.overlays]
+    records: list[dict[str, Any]] = []
+    correct = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), record_attention(model) as recorder:
+            for start in range(0, len(asked), batch_size(cfg)):
+                chunk = asked[start : start + batch_size(cfg)]
+                images = [stacks.images(q.haystack) for q in chunk]
+                examples = [{**needle_example(ims, q.prefix), "suffix": q.answer} for ims, q in zip(images, chunk)]
+                batch = to_device(collate(examples), device)
+                logits = model(**model_inputs(batch, with_labels=False), use_cache=False).logits
+                layers = recorder.take()
+                for b, q in enumerate(chunk):
+                    layout = sample_layout(batch["input_ids"][b], batch["attention_mask"][b], batch["labels"][b],
+                                           image_token_id=processor.image_token_id, tokens_per_image=tokens_per_image,
+                                           cells=cells, target=q.haystack.target, grid=e.grid,
+                                           eos_token_id=processor.tokenizer.eos_token_id)
+                    predicted = logits[b, layout.rows].argmax(-1)
+                    right = bool((predicted == batch["input_ids"][b, layout.rows + 1]).all())
+                    correct += right
+                    record: dict[str, Any] = {"sample_id": q.haystack.sample_id, "question": q.kind,
+                                              "answer": q.answer, "argmax_right": right, "layers": {}}
+                    for depth, maps in layers.items():
+                        shares = row_shares(maps.effective[b], layout)
+                        accumulator.add(depth, "", shares)
+                        if maps.branches is not None:
+                            for i, branch in enumerate(maps.branches, 1):
+                                accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout))
+                            accumulator.lambdas[depth] = maps.lam
+                        record["layers"][depth] = [round(float(v), 6) for v in shares.mean(0)]
+                        if q.haystack.sample_id in overlay_ids:
+                            per_image = image_map(maps.effective[b], layout)
+                            slot = overlays.setdefault(q.haystack.sample_id, [])
+                            if len(slot) <= depth:
+                                slot.append(per_image)
+                            else:
+                                slot[depth] = slot[depth] + per_image
+                    records.append(record)
+    finally:
+        model.train(was_training)
+
+    metrics: dict[str, Any] = {
+        "attention/variant": variant_name(model),
+        "attention/samples": len({q.haystack.sample_id for q in asked}),
+        "attention/questions": len(asked),
+        "attention/argmax_accuracy": correct / len(asked),
+        "attention/chance_needle_of_image": len(cells[0]) / (tokens_per_image * e.images),
+        "attention/straddling_patches": straddling_patches(image_size, patch, e.grid),
+        **accumulator.metrics(PREFIX),
+        "haystacks": {"source": stacks.spec.source, "seed": stacks.spec.seed, "images": e.images, "grid": e.grid,
+                      "cell_size": stacks.spec.cell_size, "directory": str(stacks.directory), "prompt": cfg.data.prompt,
+                      "mode": e.mode, "limit": e.limit},
+    }
+    with (out / SAMPLES_FILE).open("w") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+    label = f"{metrics['attention/variant']} ({Path(cfg.ckpt).name or cfg.ckpt})"
+    pictures = {"attention/layers": layer_curves({label: metrics}, out / CURVES_FILE,
+                                                 f"MMNeedle {e.mode}, {len(asked)} questions on {metrics['attention/samples']} haystacks")}
+    if overlay_ids:
+        by_id = {q.haystack.sample_id: q.haystack for q in asked}
+        items = [_overlay_item(stacks, by_id[i], overlays[i], e.images) for i in overlay_ids]
+        pictures["attention/overlays"] = overlay_figure(items, e.grid, out / OVERLAY_FILE, label)
+    history = _lambda_history(cfg.ckpt)
+    if history:
+        pictures["attention/lambda"] = lambda_trajectories({label: history}, out / LAMBDA_FILE)
+    table = EvalTable(["sample_id", "question", "answer", "argmax_right", *(f"layer{d}_needle" for d in sorted(
+        {d for r in records for d in r["layers"]}))])
+    for record in records[: cfg.logger.log_predictions]:
+        table.rows.append([record["sample_id"], record["question"], record["answer"], record["argmax_right"],
+                           *(v[0] for _, v in sorted(record["layers"].items()))])
+    return EvalOutcome(metrics, summary(metrics, out, stacks.directory), {"attention/samples": table}, pictures)
+
+
+def _overlay_item(stacks: Any, haystack: Haystack, maps: list[torch.Tensor], images: int) -> OverlayItem:
+    """The stitched image holding the needle, with each layer's attention on that image's tokens."""
+    index = haystack.target[0] - 1
+    return OverlayItem(stacks.images(haystack)[index], haystack.caption, haystack.target,
+                       [m.reshape(images, -1)[index] for m in maps])
+
+
+def _lambda_history(ckpt: str) -> Optional[dict[str, list[tuple[int, float]]]]:
+    """The trained run's lambda history, when ``ckpt`` is a run (or its adapter) that recorded one."""
+    if ckpt == "base":
+        return None
+    for run in (Path(ckpt).expanduser(), Path(ckpt).expanduser().parent):
+        if (run / HISTORY_FILE).is_file():
+            return read_history(run)
+    return None
+
+
+def summary(metrics: dict[str, Any], out: Path, haystacks: Path) -> str:
+    layers = sorted(int(k.split("/")[2][5:]) for k in metrics if k.startswith(f"{PREFIX}/layer") and k.endswith("/needle")
+                    and k.count("/") == 3)
+    lines = [f"Attention of the answer rows, text decoder, {metrics['attention/variant']} "
+             f"({metrics['attention/questions']} questions on {metrics['attention/samples']} MMNeedle haystacks; "
+             f"argmax right on {metrics['attention/argmax_accuracy']:.3f} of them).",
+             f"  share of the row's net attention on: needle cell | other cells | text;  needle / image "
+             f"(chance {metrics['attention/chance_needle_of_image']:.3f})"]
+    for layer in layers:
+        m = lambda g: metrics[f"{PREFIX}/layer{layer}/{g}"]  # noqa: E731
+        lam = metrics.get(f"{PREFIX}/layer{layer}/lambda")
+        lines.append(f"  layer {layer}: {m('needle'):.3f} ± {m('needle_sem'):.3f} | {m('distractor'):.3f} | {m('text'):.3f}"
+                     f";  {m('needle_of_image'):.3f}" + (f"   lambda {lam:.3f}" if lam is not None else ""))
+    lines.append(f"run directory: {out}  (metrics.json, {CURVES_FILE}, {OVERLAY_FILE}, {SAMPLES_FILE})")
+    lines.append(f"haystacks: {haystacks}")
+    return "\n".join(lines)

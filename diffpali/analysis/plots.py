@@ -1,0 +1,215 @@
+"""Pictures of the attention analysis, written as PNGs (matplotlib, no display).
+
+- :func:`overlay_figure`: per sample, the stitched image with the needle cell outlined and, per text
+  layer, the answer rows' attention on its image tokens laid over it;
+- :func:`layer_curves`: per layer, the needle cell's share vs an average other cell's, and the
+  needle's part of the image attention, one colour per checkpoint;
+- :func:`lambda_trajectories`: every layer's lambda over training, one panel per run and tower.
+
+From the command line, over finished runs::
+
+    python -m diffpali.analysis.plots curves <evaluate run dir> ... --out curves.png
+    python -m diffpali.analysis.plots lambda <train run dir> ... --out lambda.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+PREFIX = "attention/text"
+MAX_LAYER_PANELS = 6  #: overlay columns beyond the image; deeper models show evenly spaced layers
+
+
+@dataclass
+class OverlayItem:
+    """One sample to draw: the image holding the needle, the 1-based target, per-layer token weights."""
+
+    image: Any  #: PIL image
+    caption: str
+    target: tuple[int, int, int]
+    maps: list[torch.Tensor]  #: per layer, (S,) weights on this image's tokens in raster order
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def shown_layers(count: int, limit: int = MAX_LAYER_PANELS) -> list[int]:
+    """All layers when few, else ``limit`` evenly spaced ones (first and last included)."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
+
+
+def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: str) -> Path:
+    """One row per sample: the image, then one panel per (shown) layer and the mean over layers.
+
+    Each panel's number is the needle cell's part of that panel's attention on the image.
+    Differential maps can be negative: those panels use a diverging scale centred on 0.
+    """
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    layers = shown_layers(len(items[0].maps))
+    columns = 2 + len(layers)
+    fig, axes = plt.subplots(len(items), columns, figsize=(1.9 * columns, 2.1 * len(items) + 0.5), squeeze=False)
+    for row, item in enumerate(items):
+        width, height = item.image.size
+        _, r, c = item.target
+        cell_w, cell_h = width / grid, height / grid
+        panels = [(f"layer {i}", item.maps[i]) for i in layers] + [("mean of layers", torch.stack(item.maps).mean(0))]
+        ax = axes[row, 0]
+        ax.imshow(item.image)
+        ax.set_title(f"{item.caption}\n(row {r}, col {c})", fontsize=7)
+        for ax, (name, weights) in zip(axes[row, 1:], panels):
+            side = int(round(weights.numel() ** 0.5))
+            values = weights.reshape(side, side).double().numpy()
+            ax.imshow(item.image, alpha=0.45)
+            low = float(values.min())
+            scale = dict(cmap="RdBu_r", vmin=-abs(values).max(), vmax=abs(values).max()) if low < 0 else dict(cmap="magma")
+            ax.imshow(values, extent=(0, width, height, 0), alpha=0.6, interpolation="nearest", **scale)
+            needle = _cell_mask(side, grid, r - 1, c - 1)
+            part = float(values[needle].sum() / values.sum()) if abs(values.sum()) > 1e-12 else float("nan")
+            ax.set_title(f"{name}\nneedle {part:.2f}", fontsize=7)
+        for ax in axes[row]:
+            ax.add_patch(Rectangle(((c - 1) * cell_w, (r - 1) * cell_h), cell_w, cell_h, fill=False,
+                                   edgecolor="lime", linewidth=2))
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{label}: answer rows' attention on the image tokens (text decoder, mean over heads); "
+                 f"needle cell outlined, 'needle' = its part of the image attention (chance {1 / grid ** 2:.2f})",
+                 fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _cell_mask(side: int, grid: int, row: int, col: int) -> Any:
+    """Boolean (side, side) mask of the patches whose centre lies in cell (row, col), 0-based."""
+    import numpy as np
+
+    centre = (2 * np.arange(side) + 1) * grid // (2 * side)
+    return (centre[:, None] == row) & (centre[None, :] == col)
+
+
+def _layers(metrics: dict[str, Any]) -> list[int]:
+    return sorted(int(k.split("/")[2][len("layer"):]) for k in metrics
+                  if k.startswith(f"{PREFIX}/layer") and k.count("/") == 3 and k.endswith("/needle"))
+
+
+def layer_curves(runs: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Per layer, for each run (label -> its eval=attention metrics): left, the needle cell's share
+    (solid, ± standard error) and an average other cell's (dashed); right, needle / image with chance."""
+    plt = _pyplot()
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    chance = None
+    for n, (label, metrics) in enumerate(runs.items()):
+        layers = _layers(metrics)
+        if not layers:
+            raise ValueError(f"{label}: no {PREFIX}/layer*/needle metrics (not an eval=attention run?)")
+        color = f"C{n}"
+        chance = metrics.get("attention/chance_needle_of_image", chance)
+        other_cells = max(1.0, round(1 / chance) - 1) if chance else 1.0
+        get = lambda g: [metrics[f"{PREFIX}/layer{i}/{g}"] for i in layers]  # noqa: E731
+        left.errorbar(layers, get("needle"), yerr=get("needle_sem"), color=color, marker="o", capsize=3,
+                      label=f"{label}: needle cell")
+        left.plot(layers, [d / other_cells for d in get("distractor")], color=color, marker="x", linestyle="--",
+                  label=f"{label}: mean other cell")
+        right.plot(layers, get("needle_of_image"), color=color, marker="o", label=label)
+    if chance:
+        right.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.2f})")
+    left.axhline(0, color="black", linewidth=0.5)
+    left.set_title("share of the answer rows' net attention", fontsize=9)
+    right.set_title("needle cell / all image tokens", fontsize=9)
+    for ax in (left, right):
+        ax.set_xlabel("text decoder layer")
+        ax.set_xticks(sorted({i for m in runs.values() for i in _layers(m)}))
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def lambda_trajectories(runs: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
+    """lambda per layer over training steps: one row per run, one column per tower."""
+    plt = _pyplot()
+
+    towers = sorted({name.split("/")[0] for history in runs.values() for name in history})
+    if not towers:
+        raise ValueError("no lambda history to draw (vanilla runs have none)")
+    fig, axes = plt.subplots(len(runs), len(towers), figsize=(4.5 * len(towers), 2.8 * len(runs)), squeeze=False)
+    for row, (label, history) in enumerate(runs.items()):
+        for col, tower in enumerate(towers):
+            ax = axes[row, col]
+            names = sorted((n for n in history if n.startswith(f"{tower}/")), key=lambda n: int(n.split("layer")[-1]))
+            for depth, name in enumerate(names):
+                steps, values = zip(*history[name])
+                ax.plot(steps, values, color=_pyplot().cm.viridis(depth / max(1, len(names) - 1)), label=name.split("/")[1])
+            ax.set_title(f"{label}: {tower} tower", fontsize=9)
+            ax.set_xlabel("training step")
+            ax.set_ylabel("lambda")
+            if names:
+                ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def run_label(directory: Path) -> str:
+    """'<variant> (<run dir name>)' from an evaluate or train run's job.json (attn inherited from its ckpt)."""
+    from ..report import diff_attn_label, read_job
+
+    job = read_job(directory, directory)
+    variant = job.metrics.get("attention/variant") or {"no": "vanilla"}.get(diff_attn_label(job), diff_attn_label(job))
+    return f"{variant} ({directory.name})"
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffpali.analysis.plots", description=__doc__.split("\n\n")[0])
+    parser.add_argument("kind", choices=("curves", "lambda"),
+                        help="curves: eval=attention runs on one plot; lambda: train runs' lambda histories")
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories")
+    parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    parser.add_argument("--title", default="")
+    args = parser.parse_args(argv)
+    import json
+
+    from .lambda_history import read_history
+
+    try:
+        if args.kind == "curves":
+            runs = {}
+            for run in args.runs:
+                metrics_file = run / "metrics.json"
+                if not metrics_file.is_file():
+                    raise FileNotFoundError(f"{run}: no metrics.json (run python evaluate.py ckpt=... eval=attention first)")
+                runs[run_label(run)] = json.loads(metrics_file.read_text())
+            written = layer_curves(runs, args.out, args.title)
+        else:
+            written = lambda_trajectories({run_label(run): read_history(run) for run in args.runs}, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        parser.error(str(err))
+    print(f"written: {written}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

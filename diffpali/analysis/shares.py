@@ -1,0 +1,99 @@
+"""Shares of attention on the needle cell, the distractor cells and the text, and their aggregation.
+
+For one attention row (a query position, one head) with weights a_k over the keys, the share of a
+group G is sum_{k in G} a_k / sum_k a_k. The three groups partition the keys, so the shares sum to 1.
+A softmax row sums to 1 already; a differential row (A1 - lambda A2) sums to 1 - lambda and may hold
+negative weights, so its shares are of the *net* attention: a distractor share below 0 means the
+second map takes more from the distractors than the first gives them. Dividing by the row's sum also
+matches what the layer does next: the per-head RMSNorm removes the row's overall scale.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from .layout import SampleLayout
+
+GROUPS = ("needle", "distractor", "text")
+
+
+def row_shares(maps: torch.Tensor, layout: SampleLayout) -> torch.Tensor:
+    """(heads, 3) shares on (needle, distractor, text), averaged over the layout's rows.
+
+    ``maps`` is one sequence's (heads, queries, keys) attention.
+    """
+    rows = maps[:, layout.rows, :].double()
+    masses = torch.stack([rows[..., layout.needle].sum(-1), rows[..., layout.distractor].sum(-1),
+                          rows[..., layout.text].sum(-1)], dim=-1)  # (heads, rows, 3)
+    total = masses.sum(-1, keepdim=True)
+    if bool((total.abs() < 1e-9).any()):
+        raise ValueError("an attention row sums to 0 over the keys: its shares are undefined")
+    return (masses / total).mean(dim=1).float()
+
+
+def image_map(maps: torch.Tensor, layout: SampleLayout) -> torch.Tensor:
+    """(images * S,) attention on each image token, averaged over heads and rows, as a share of the row sum."""
+    rows = maps[:, layout.rows, :].double()
+    weights = rows[..., layout.image_tokens] / rows.sum(-1, keepdim=True)
+    return weights.mean(dim=(0, 1)).float()
+
+
+@dataclass
+class ShareAccumulator:
+    """Per-sample shares of every layer, reduced to per-layer means (and standard errors) at the end.
+
+    ``add(layer, key, shares)``: key is "" for the layer's effective map (with per-head values) or a
+    branch name ("branch1", "branch2"); ``shares`` is (heads, 3).
+    """
+
+    per_sample: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    lambdas: dict[int, float] = field(default_factory=dict)
+
+    def add(self, layer: int, key: str, shares: torch.Tensor) -> None:
+        self.per_sample[(layer, key)].append(shares.detach().cpu())
+
+    def metrics(self, prefix: str = "attention/text") -> dict[str, float]:
+        """Flat metrics: ``{prefix}/layer{i}/{group}`` (mean over heads and samples), ``..._sem``,
+        ``needle_of_image`` (needle / (needle + distractor)), ``head{h}/{group}``, ``branch{b}/{group}``,
+        ``lambda``; and ``{prefix}/mean/...`` over layers."""
+        out: dict[str, float] = {}
+        layers = sorted({layer for layer, _ in self.per_sample})
+        for layer in layers:
+            base = f"{prefix}/layer{layer}"
+            for key in sorted({k for lay, k in self.per_sample if lay == layer}):
+                stacked = torch.stack(self.per_sample[(layer, key)])  # (samples, heads, 3)
+                name = f"{base}/{key}" if key else base
+                per_sample = stacked.mean(dim=1)  # (samples, 3)
+                means = per_sample.mean(dim=0)
+                for g, group in enumerate(GROUPS):
+                    out[f"{name}/{group}"] = float(means[g])
+                if key:
+                    continue
+                for g, group in enumerate(GROUPS):
+                    out[f"{name}/{group}_sem"] = _sem(per_sample[:, g])
+                out[f"{name}/needle_of_image"] = _needle_of_image(means)
+                for h, head in enumerate(stacked.mean(dim=0)):
+                    for g, group in enumerate(GROUPS):
+                        out[f"{name}/head{h}/{group}"] = float(head[g])
+            if layer in self.lambdas:
+                out[f"{base}/lambda"] = self.lambdas[layer]
+        if layers:
+            for group in (*GROUPS, "needle_of_image"):
+                out[f"{prefix}/mean/{group}"] = sum(out[f"{prefix}/layer{i}/{group}"] for i in layers) / len(layers)
+        return out
+
+
+def _sem(values: torch.Tensor) -> float:
+    """Standard error of the mean over samples (0 for a single sample)."""
+    n = values.numel()
+    return float(values.double().std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
+
+
+def _needle_of_image(means: torch.Tensor) -> float:
+    """needle / (needle + distractor): the needle cell's part of the attention on the image."""
+    image = float(means[0] + means[1])
+    return float(means[0]) / image if abs(image) > 1e-12 else float("nan")

@@ -662,7 +662,7 @@ POPE_CSV_FIELDS = ["row", "model", "scored", "eval_setting", "pope_setting", "n"
 def pope_markdown(jobs: list[Job], source: str) -> str:
     rows = pope_rows(jobs)
     show_how = any(r["eval_setting"] for r in rows)
-    header = ["row", "model", "scored run", "POPE setting", "n", "accuracy (%)", "precision (%)", "recall (%)",
+    header = ["row", "diff attn", "scored run", "POPE setting", "n", "accuracy (%)", "precision (%)", "recall (%)",
               "F1 (%)", "yes-ratio (%)", "other"] + (["eval setting"] if show_how else [])
     lines = []
     for r in rows:
@@ -680,6 +680,86 @@ def pope_markdown(jobs: list[Job], source: str) -> str:
     )
     return "\n".join(["## POPE: object hallucination", "", note, "", f"Source: `{source}`.", "",
                       _md_table(header, lines)]) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Attention analysis (evaluate.py eval=attention)
+# --------------------------------------------------------------------------------------------
+ATTENTION_PREFIX = "attention/text/layer"
+ATTENTION_GROUPS = ("needle", "distractor", "text", "needle_of_image", "lambda")
+
+
+def attention_layers(job: Job) -> dict[int, dict[str, float]]:
+    """``{layer: {group: value}}`` from a completed eval=attention run's per-layer means (heads averaged)."""
+    if job.status != "completed":
+        return {}
+    out: dict[int, dict[str, float]] = {}
+    for key, value in job.metrics.items():
+        if not key.startswith(ATTENTION_PREFIX) or _finite(value) is None:
+            continue
+        layer, _, group = key[len(ATTENTION_PREFIX):].partition("/")
+        if layer.isdigit() and group in ATTENTION_GROUPS:
+            out.setdefault(int(layer), {})[group] = float(value)
+    return dict(sorted(out.items()))
+
+
+def attention_label(job: Job) -> str:
+    """What an eval=attention run measured: the base, or the scored run's attention variant, and its run."""
+    if job.get("ckpt") in (None, "base"):
+        return "base"
+    variant = job.metrics.get("attention/variant") or diff_attn_label(job)
+    return f"{variant} ({Path(str(job.get('ckpt'))).name})"
+
+
+def attention_rows(jobs: list[Job]) -> list[dict[str, Any]]:
+    """One line per (eval=attention run, text layer), base first."""
+    measured = sorted((j for j in jobs if attention_layers(j)), key=lambda j: (j.get("ckpt") not in (None, "base"), j.path))
+    rows = []
+    for job in measured:
+        for layer, values in attention_layers(job).items():
+            rows.append({"run": job.path, "model": attention_label(job), "layer": layer,
+                         "questions": job.metrics.get("attention/questions"),
+                         "needle_sem": job.metrics.get(f"{ATTENTION_PREFIX}{layer}/needle_sem"),
+                         **{g: values.get(g) for g in ATTENTION_GROUPS}})
+    return rows
+
+
+ATTENTION_CSV_FIELDS = ["run", "model", "layer", "questions", *ATTENTION_GROUPS, "needle_sem"]
+
+
+def attention_markdown(jobs: list[Job], source: str) -> str:
+    rows = attention_rows(jobs)
+    header = ["model", "layer", "needle (%)", "other cells (%)", "text (%)", "needle / image (%)", "lambda", "questions"]
+    lines = [[r["model"], r["layer"], pct(r["needle"], r["needle_sem"]), pct(r["distractor"], None), pct(r["text"], None),
+              pct(r["needle_of_image"], None), "—" if r["lambda"] is None else f"{r['lambda']:.3f}", r["questions"]]
+             for r in rows]
+    chance = next((j.metrics.get("attention/chance_needle_of_image") for j in jobs if attention_layers(j)), None)
+    note = (
+        "Attention of the answer rows (the positions that predict the answer tokens) of the text decoder on "
+        "MMNeedle positives (`evaluate.py eval=attention`): the share of each row's net attention on the needle "
+        "cell's image tokens, on the other cells' image tokens and on the text, averaged over heads, rows and "
+        "questions (needle ± standard error over questions). For differential layers the map is "
+        "softmax(Q1K1) − λ·softmax(Q2K2), whose shares can fall below 0. `needle / image`: the needle cell's part "
+        "of the attention on the image" + (f" (chance {pct(chance, None)})." if chance else ".")
+    )
+    return "\n".join(["## Attention on the needle", "", note, "", f"Source: `{source}`.", "",
+                      _md_table(header, lines)]) + "\n"
+
+
+def write_attention(jobs: list[Job], out: Path, source: str) -> dict[str, Path]:
+    """attention.md/.csv and attention_layers.png (every eval=attention run's per-layer curves on one plot)."""
+    from .analysis.plots import layer_curves
+
+    measured = [j for j in jobs if attention_layers(j)]
+    written = {"attention.md": out / "attention.md", "attention.csv": out / "attention.csv"}
+    written["attention.md"].write_text(attention_markdown(jobs, source))
+    _write_csv(written["attention.csv"], attention_rows(jobs), ATTENTION_CSV_FIELDS)
+    runs: dict[str, dict[str, Any]] = {}
+    for job in measured:  # two runs of one label (seeds, settings) stay two curves
+        label = attention_label(job)
+        runs[label if label not in runs else f"{label} [{job.path}]"] = job.metrics
+    written["attention_layers.png"] = layer_curves(runs, out / "attention_layers.png", f"eval=attention runs in {source}")
+    return written
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,6 +802,8 @@ def write_report(jobs: list[Job], out: str | Path, source: str) -> dict[str, Pat
         fields += [f"cell_r{r}_c{c}" for r, c in cells]
         written["table2.csv"] = out / "table2.csv"
         _write_csv(written["table2.csv"], table2_rows(groups, cells), fields)
+    if any(attention_layers(j) for j in jobs):
+        written.update(write_attention(jobs, out, source))
     if any(pope_scores(j) for j in jobs):
         written["pope.md"] = out / "pope.md"
         written["pope.md"].write_text(pope_markdown(jobs, source))
@@ -763,6 +845,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(written["table2.md"].read_text())
     if "pope.md" in written:
         print(written["pope.md"].read_text())
+    if "attention.md" in written:
+        print(written["attention.md"].read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
     return 0
 

@@ -111,6 +111,8 @@ def test_layout_groups_partition_the_keys_and_rows_precede_the_answer(processor6
         answer = [p for p in valid if batch["labels"][b, p] != -100 and ids[p] != processor64.tokenizer.eos_token_id]
         assert layout.rows.tolist() == [p - 1 for p in answer]
         assert batch["token_type_ids"][b, layout.rows[0]] == 0  # the first row is the last prompt token
+        prompt = [p for p in valid if batch["token_type_ids"][b, p] == 0 and ids[p] != image_id]
+        assert layout.prompt_rows.tolist() == prompt and prompt[-1] == layout.rows[0]
     with pytest.raises(ValueError, match="no image 2"):
         sample_layout(batch["input_ids"][0], batch["attention_mask"][0], batch["labels"][0], image_token_id=image_id,
                       tokens_per_image=16, cells=cell_patches(64, 16, 2), target=(2, 1, 1), grid=2, eos_token_id=None)
@@ -137,16 +139,23 @@ def test_uniform_attention_through_the_real_model_gives_the_counted_shares(proce
                                eos_token_id=processor64.tokenizer.eos_token_id)
         prefix = batch["token_type_ids"][b] == 0
         valid = batch["attention_mask"][b].bool()
-        expected = []
-        for r in layout.rows.tolist():
-            visible = valid & (prefix | (torch.arange(len(valid)) <= r))
-            counts = [visible[g].sum().item() for g in (layout.needle, layout.distractor, layout.text)]
-            expected.append([c / visible.sum().item() for c in counts])
-        expected_mean = torch.tensor(expected).mean(0)
-        assert expected_mean[0] > 0 and len(layout.rows) >= 1
+
+
+        def counted(rows: torch.Tensor) -> torch.Tensor:
+            expected = []
+            for r in rows.tolist():
+                visible = valid & (prefix | (torch.arange(len(valid)) <= r))
+                counts = [visible[g].sum().item() for g in (layout.needle, layout.distractor, layout.text)]
+                expected.append([c / visible.sum().item() for c in counts])
+            return torch.tensor(expected).mean(0)
+
+        answer, prompt = counted(layout.rows), counted(layout.prompt_rows)
+        assert answer[0] > 0 and len(layout.rows) >= 1
         for maps in layers.values():
             shares = row_shares(maps.effective[b], layout)
-            assert torch.allclose(shares, expected_mean.expand_as(shares), atol=1e-6)
+            assert torch.allclose(shares, answer.expand_as(shares), atol=1e-6)
+            shares = row_shares(maps.effective[b], layout, layout.prompt_rows)
+            assert torch.allclose(shares, prompt.expand_as(shares), atol=1e-6)
 
 
 def _peaked_qk(length: int, hot: list[int], heads: int, dim: int, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +185,7 @@ def test_differential_shares_equal_the_closed_form(processor64):
     value = torch.randn(1, 1, length, dim)
     mask = torch.ones(1, 1, length, length, dtype=torch.bool)
     layout = SampleLayout(torch.tensor(needle), torch.tensor(distractor), torch.tensor(text),
-                          rows=torch.tensor([9, 10, 11]), image_tokens=torch.arange(8))
+                          rows=torch.tensor([9, 10, 11]), prompt_rows=torch.tensor([8]), image_tokens=torch.arange(8))
     with record_attention(model) as recorder:
         twin = ALL_ATTENTION_FUNCTIONS[RECORD_PREFIX + "diffpali_diff_dup_separate"]
         output, _ = twin(module, torch.cat([q1, q2], 1), torch.cat([k1, k2], 1), value, mask, scaling=module.scaling)
@@ -338,6 +347,8 @@ def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, 
         shares = [m[f"attention/text/layer{layer}/{g}"] for g in ("needle", "distractor", "text")]
         assert sum(shares) == pytest.approx(1.0, abs=1e-5)
         assert f"attention/text/layer{layer}/head3/needle" in m and f"attention/text/layer{layer}/branch2/text" in m
+        prompt = [m[f"attention/text/layer{layer}/prompt_rows/{g}"] for g in ("needle", "distractor", "text")]
+        assert sum(prompt) == pytest.approx(1.0, abs=1e-5)
         assert m[f"attention/text/layer{layer}/lambda"] == pytest.approx(lambda_values(model)[f"text/layer{layer}"])
     records = [json.loads(line) for line in (tmp_path / "attention_samples.jsonl").read_text().splitlines()]
     assert [r["question"] for r in records] == ["row", "column"] * 4
@@ -367,3 +378,33 @@ def test_attention_yaml_composes_to_mmneedle_haystacks():
     assert attention.eval.task == "attention"
     for key in ("mode", "samples", "haystack_seed", "grid", "images", "source", "cell_size", "split"):
         assert getattr(attention.eval, key) == getattr(needle.eval, key), key
+
+
+def test_report_tables_and_draws_every_attention_run(tmp_path):
+    from diffpali.report import load_jobs, write_report
+
+    trained = tmp_path / "train_diff"
+    trained.mkdir()
+    (trained / "job.json").write_text(json.dumps({"status": "completed", "overrides": ["attn=diff_dup"],
+                                                  "config": {"attn": {"variant": "diff_dup", "dup_mode": "separate"}}}))
+    for name, ckpt, needle in [("eval_base", "base", 0.1), ("eval_diff", str(trained), 0.3)]:
+        run = tmp_path / name
+        run.mkdir()
+        (run / "job.json").write_text(json.dumps({"status": "completed", "overrides": [f"ckpt={ckpt}", "eval=attention"],
+                                                  "config": {"ckpt": ckpt}}))
+        metrics = {"ckpt": ckpt, "attention/questions": 8, "attention/chance_needle_of_image": 0.25}
+        for layer in (0, 1):
+            metrics.update({f"attention/text/layer{layer}/needle": needle + layer / 10,
+                            f"attention/text/layer{layer}/needle_sem": 0.02,
+                            f"attention/text/layer{layer}/distractor": 0.2, f"attention/text/layer{layer}/text": 0.7 - needle - layer / 10,
+                            f"attention/text/layer{layer}/needle_of_image": 0.5, f"attention/text/layer{layer}/head0/needle": 0.9})
+        (run / "metrics.json").write_text(json.dumps(metrics))
+    written = write_report(load_jobs(tmp_path), tmp_path / "report", str(tmp_path))
+    table = written["attention.md"].read_text()
+    lines = [line for line in table.splitlines() if line.startswith("| base") or line.startswith("| yes")]
+    assert [line.split("|")[1:3] for line in lines] == [[" base ", " 0 "], [" base ", " 1 "],
+                                                         [" yes (dup, separate) (train_diff) ", " 0 "],
+                                                         [" yes (dup, separate) (train_diff) ", " 1 "]]
+    assert "40.00 ± 2.00" in table  # layer 1 of the diff run, in percent
+    assert len(written["attention.csv"].read_text().splitlines()) == 1 + 4
+    _not_blank(written["attention_layers.png"])

@@ -118,6 +118,7 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                     for depth, maps in layers.items():
                         shares = row_shares(maps.effective[b], layout)
                         accumulator.add(depth, "", shares)
+                        accumulator.add(depth, "prompt_rows", row_shares(maps.effective[b], layout, layout.prompt_rows))
                         if maps.branches is not None:
                             for i, branch in enumerate(maps.branches, 1):
                                 accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout))
@@ -197,7 +198,9 @@ def summary(metrics: dict[str, Any], out: Path, haystacks: Path) -> str:
         m = lambda g: metrics[f"{PREFIX}/layer{layer}/{g}"]  # noqa: E731
         lam = metrics.get(f"{PREFIX}/layer{layer}/lambda")
         lines.append(f"  layer {layer}: {m('needle'):.3f} ± {m('needle_sem'):.3f} | {m('distractor'):.3f} | {m('text'):.3f}"
-                     f";  {m('needle_of_image'):.3f}" + (f"   lambda {lam:.3f}" if lam is not None else ""))
+                     f";  {m('needle_of_image'):.3f}" + (f"   lambda {lam:.3f}" if lam is not None else "")
+                     + f"   (prompt rows: {m('prompt_rows/needle'):.3f} | {m('prompt_rows/distractor'):.3f} | "
+                     f"{m('prompt_rows/text'):.3f})")
     lines.append(f"run directory: {out}  (metrics.json, {CURVES_FILE}, {OVERLAY_FILE}, {SAMPLES_FILE})")
     lines.append(f"haystacks: {haystacks}")
     return "\n".join(lines)

@@ -48,12 +48,15 @@ class SampleLayout:
     image tokens, every other image token, and all text tokens (bos, prompt, answer).
     ``rows`` are the positions whose next-token prediction is an answer token: the last prompt
     token (``\\n``) and each answer token but the last (the last one predicts eos).
+    ``prompt_rows`` are the text positions before the answer (bos, the prompt with its caption, ``\\n``):
+    they see the image through PaliGemma's bidirectional prefix and can pass on what they find.
     """
 
     needle: torch.Tensor
     distractor: torch.Tensor
     text: torch.Tensor
     rows: torch.Tensor
+    prompt_rows: torch.Tensor
     image_tokens: torch.Tensor  #: positions of all image tokens, image after image, raster order
 
 
@@ -98,5 +101,6 @@ def sample_layout(
         distractor=torch.nonzero(is_image & ~is_needle).flatten(),
         text=torch.nonzero(valid & ~is_image).flatten(),
         rows=answer - 1,
+        prompt_rows=torch.nonzero(valid & ~is_image & (labels == ignore_index)).flatten(),
         image_tokens=image_tokens,
     )

@@ -87,15 +87,17 @@ def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: s
             scale = dict(cmap="RdBu_r", vmin=-abs(values).max(), vmax=abs(values).max()) if low < 0 else dict(cmap="magma")
             ax.imshow(values, extent=(0, width, height, 0), alpha=0.6, interpolation="nearest", **scale)
             needle = _cell_mask(side, grid, r - 1, c - 1)
-            part = float(values[needle].sum() / values.sum()) if abs(values.sum()) > 1e-12 else float("nan")
-            ax.set_title(f"{name}\nneedle {part:.2f}", fontsize=7)
+            total = float(values.sum())  # the rows' share on the image at all: tiny means the colours say little
+            part = float(values[needle].sum()) / total if total != 0 else float("nan")
+            ax.set_title(f"{name}\nimage {total:.2g}, needle {part:.2f}", fontsize=7)
         for ax in axes[row]:
             ax.add_patch(Rectangle(((c - 1) * cell_w, (r - 1) * cell_h), cell_w, cell_h, fill=False,
                                    edgecolor="lime", linewidth=2))
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"{label}: answer rows' attention on the image tokens (text decoder, mean over heads); "
-                 f"needle cell outlined, 'needle' = its part of the image attention (chance {1 / grid ** 2:.2f})",
+    fig.suptitle(f"{label}: answer rows' attention on the image tokens (text decoder, mean over heads), "
+                 f"needle cell outlined\n'image': share of the rows' attention on the image; "
+                 f"'needle': the needle cell's part of it (chance {1 / grid ** 2:.2f}); colours relative per panel",
                  fontsize=7)
     fig.tight_layout()
     return _save(fig, path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -21,12 +22,12 @@ from .layout import SampleLayout
 GROUPS = ("needle", "distractor", "text")
 
 
-def row_shares(maps: torch.Tensor, layout: SampleLayout) -> torch.Tensor:
-    """(heads, 3) shares on (needle, distractor, text), averaged over the layout's rows.
+def row_shares(maps: torch.Tensor, layout: SampleLayout, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(heads, 3) shares on (needle, distractor, text), averaged over ``rows`` (default: the answer rows).
 
     ``maps`` is one sequence's (heads, queries, keys) attention.
     """
-    rows = maps[:, layout.rows, :].double()
+    rows = maps[:, layout.rows if rows is None else rows, :].double()
     masses = torch.stack([rows[..., layout.needle].sum(-1), rows[..., layout.distractor].sum(-1),
                           rows[..., layout.text].sum(-1)], dim=-1)  # (heads, rows, 3)
     total = masses.sum(-1, keepdim=True)
@@ -36,18 +37,20 @@ def row_shares(maps: torch.Tensor, layout: SampleLayout) -> torch.Tensor:
 
 
 def image_map(maps: torch.Tensor, layout: SampleLayout) -> torch.Tensor:
-    """(images * S,) attention on each image token, averaged over heads and rows, as a share of the row sum."""
+    """(images * S,) attention on each image token, averaged over heads and rows, as a share of the row sum
+    (float64)."""
     rows = maps[:, layout.rows, :].double()
     weights = rows[..., layout.image_tokens] / rows.sum(-1, keepdim=True)
-    return weights.mean(dim=(0, 1)).float()
+    return weights.mean(dim=(0, 1))  # float64: a nearly blind row's image weights underflow float32
 
 
 @dataclass
 class ShareAccumulator:
     """Per-sample shares of every layer, reduced to per-layer means (and standard errors) at the end.
 
-    ``add(layer, key, shares)``: key is "" for the layer's effective map (with per-head values) or a
-    branch name ("branch1", "branch2"); ``shares`` is (heads, 3).
+    ``add(layer, key, shares)``: key is "" for the layer's effective map on the answer rows (with
+    per-head values and standard errors), or a sub-measure reported with its three groups only: a
+    branch ("branch1", "branch2") or other rows ("prompt_rows"); ``shares`` is (heads, 3).
     """
 
     per_sample: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))

@@ -348,6 +348,8 @@ def diff_attn_label(job: Optional[Job]) -> str:
     if job is None:
         return "—"
     variant = job.get("attn.variant")
+    if variant is None and job.get("ckpt") == "base":
+        return "no (base, no adapter)"
     if variant == "vanilla":
         return "no"
     if variant == "diff_dup":

@@ -143,6 +143,14 @@ def test_an_evaluate_run_inherits_the_method_of_the_run_it_scores(tmp_path):
     (line,) = read_csv(tmp_path / "evals" / "table2.csv")
     assert float(line["row_mean_pct"]) == pytest.approx(60.0) and float(line["column_mean_pct"]) == pytest.approx(55.0)
     md = (tmp_path / "evals" / "table2.md").read_text()
+    base = tmp_path / "evals" / "base"
+    base.mkdir()
+    (base / "job.json").write_text(json.dumps({"status": "completed", "overrides": ["ckpt=base", "eval=mmneedle"],
+                                               "config": {"ckpt": "base", "seed": 0}}))
+    (base / "metrics.json").write_text(json.dumps({"seed": 0, "mmneedle/exact": 0.1}))
+    assert main([str(tmp_path / "evals")]) == 0
+    md = (tmp_path / "evals" / "table2.md").read_text()
+    assert "no (base, no adapter)" in [l for l in md.splitlines() if "| 10.00" in l][0]
     (table_line,) = [l for l in md.splitlines() if "30.00" in l]
     assert "yes (original)" in table_line and "60.00" in table_line and "55.00" in table_line
 

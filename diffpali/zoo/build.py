@@ -165,6 +165,9 @@ def build_base(
             result = score_vqa(model, processor, progress_set, dataset_name="easy_vqa", split="validation",
                                prompt="answer en {question}", batch_size=eval_batch_size, max_new_tokens=4, device=device)
             log.info("%s step %d: validation[:512] VQA accuracy (official) %.3f %s", stage, step, result.overall, result.by_category)
+            if stage == "stage 2":
+                log.info("%s step %d: MMNeedle paper mode, 40 validation haystacks: %s", stage, step,
+                         _needle_probe(model, processor, spec, device, eval_batch_size, samples=40))
         return run
 
     info: dict = {"key": spec_key(spec), "spec": asdict(spec), "device": device, "torch": torch.__version__}
@@ -241,6 +244,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--steps", type=int, default=None, help="override TinySpec.pretrain_steps")
     parser.add_argument("--mixture-steps", type=int, default=None, help="override TinySpec.mixture_steps (stage 2)")
+    parser.add_argument("--mixture-lr", type=float, default=None, help="override TinySpec.mixture_lr (stage 2)")
     parser.add_argument("--stage1-from", type=Path, default=None,
                         help="reuse stage 1 from a base built from the same spec with mixture_steps=0")
     args = parser.parse_args()
@@ -250,6 +254,8 @@ def main() -> None:
         spec.pretrain_steps = args.steps
     if args.mixture_steps is not None:
         spec.mixture_steps = args.mixture_steps
+    if args.mixture_lr is not None:
+        spec.mixture_lr = args.mixture_lr
     info = build_base(spec, args.out, args.device, args.workers, stage1_from=args.stage1_from)
     print(json.dumps(info["scores"], indent=2))
 

@@ -13,7 +13,14 @@ from PIL import Image, ImageChops
 
 from diffpali.analysis.lambda_history import HISTORY_FILE, LambdaHistory, read_history
 from diffpali.analysis.layout import SampleLayout, cell_patches, sample_layout, straddling_patches
-from diffpali.analysis.plots import OverlayItem, lambda_trajectories, layer_curves, overlay_figure
+from diffpali.analysis.plots import (
+    OverlayItem,
+    compare_overlays,
+    lambda_trajectories,
+    layer_curves,
+    overlay_figure,
+    read_overlays,
+)
 from diffpali.analysis.recorder import RECORD_PREFIX, record_attention, text_layers
 from diffpali.analysis.shares import ShareAccumulator, row_shares
 from diffpali.config import AttnConfig, EvaluateConfig
@@ -218,6 +225,9 @@ def test_accumulator_means_sems_and_needle_of_image_are_hand_computed():
     assert m["p/layer0/head0/needle"] == pytest.approx(0.35) and m["p/layer0/head1/distractor"] == pytest.approx(0.35)
     assert m["p/layer0/branch1/needle"] == 1.0 and m["p/layer0/lambda"] == 0.2
     assert m["p/mean/needle"] == pytest.approx(0.3)
+    acc.add(1, "", torch.tensor([[1e-9, 2e-9, 1.0]]))  # a layer whose rows all but ignore the image
+    m = acc.metrics("p")
+    assert m["p/layer1/needle_of_image"] is None and m["p/mean/needle_of_image"] == pytest.approx(0.5)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +302,7 @@ def test_lambda_history_is_recorded_during_real_training_and_drawn(processor64, 
     class Tiny(L.LightningModule):
         def __init__(self):
             super().__init__()
-            self.model = model
+            self.model = model.train()
 
         def training_step(self, _batch, _index):
             return self.model(**model_inputs(batch)).loss
@@ -356,6 +366,20 @@ def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, 
     for path in outcome.pictures.values():
         _not_blank(path)
     assert "layer 1:" in outcome.summary
+    # the overlays draw the same numbers: per layer, the needle cell's patches and the whole image,
+    # averaged over the sample's two questions, as in attention_samples.jsonl
+    grid, items = read_overlays(tmp_path / "attention_overlays.json")
+    assert grid == 2 and [i.sample_id for i in items] == [records[0]["sample_id"], records[2]["sample_id"]]
+    for item in items:
+        asked = [r for r in records if r["sample_id"] == item.sample_id]
+        _, row, col = item.target
+        for layer, weights in enumerate(item.maps):
+            needle = sum(r["layers"][str(layer)][0] for r in asked) / 2
+            image = sum(r["layers"][str(layer)][0] + r["layers"][str(layer)][1] for r in asked) / 2
+            assert float(weights[cell_patches(64, 16, 2)[(row - 1) * 2 + col - 1]].sum()) == pytest.approx(needle, abs=1e-5)
+            assert float(weights.sum()) == pytest.approx(image, abs=1e-5)
+    (tmp_path / "job.json").write_text(json.dumps({"status": "completed", "config": {"ckpt": "base"}}))
+    _not_blank(compare_overlays([tmp_path, tmp_path], 1, tmp_path / "compare.png"))
     # the same samples as MMNeedle: the haystacks come from the one cache, in its order
     from diffpali.needle.evaluate import haystack_set
 

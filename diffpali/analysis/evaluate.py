@@ -28,11 +28,12 @@ from ..needle.evaluate import haystack_set, needle_example
 from ..needle.haystack import Haystack
 from .layout import cell_patches, sample_layout, straddling_patches
 from .lambda_history import HISTORY_FILE, read_history
-from .plots import OverlayItem, lambda_trajectories, layer_curves, overlay_figure
+from .plots import OverlayItem, lambda_trajectories, layer_curves, overlay_figure, write_overlays
 from .recorder import record_attention, text_implementation
 from .shares import ShareAccumulator, image_map, row_shares
 
 OVERLAY_FILE = "attention_overlays.png"
+OVERLAY_DATA_FILE = "attention_overlays.json"
 CURVES_FILE = "attention_layers.png"
 LAMBDA_FILE = "lambda_trajectories.png"
 SAMPLES_FILE = "attention_samples.jsonl"
@@ -90,7 +91,7 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
     tokens_per_image = int(processor.image_seq_length)
     collate = PaliGemmaCollator(processor, train=True, dataset_name="attention")
     accumulator = ShareAccumulator()
-    overlays: dict[int, list[torch.Tensor]] = {}  # sample_id -> per-layer image maps, summed over its questions
+    overlays: dict[int, list[list[torch.Tensor]]] = {}  # sample_id -> per question, per layer image maps
     overlay_ids = list(dict.fromkeys(q.haystack.sample_id for q in asked))[: e.overlays]
     records: list[dict[str, Any]] = []
     correct = 0
@@ -115,6 +116,7 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                     correct += right
                     record: dict[str, Any] = {"sample_id": q.haystack.sample_id, "question": q.kind,
                                               "answer": q.answer, "argmax_right": right, "layers": {}}
+                    question_maps: list[torch.Tensor] = []
                     for depth, maps in layers.items():
                         shares = row_shares(maps.effective[b], layout)
                         accumulator.add(depth, "", shares)
@@ -125,12 +127,9 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                             accumulator.lambdas[depth] = maps.lam
                         record["layers"][depth] = [round(float(v), 6) for v in shares.mean(0)]
                         if q.haystack.sample_id in overlay_ids:
-                            per_image = image_map(maps.effective[b], layout)
-                            slot = overlays.setdefault(q.haystack.sample_id, [])
-                            if len(slot) <= depth:
-                                slot.append(per_image)
-                            else:
-                                slot[depth] = slot[depth] + per_image
+                            question_maps.append(image_map(maps.effective[b], layout))
+                    if question_maps:
+                        overlays.setdefault(q.haystack.sample_id, []).append(question_maps)
                     records.append(record)
     finally:
         model.train(was_training)
@@ -158,6 +157,7 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
         by_id = {q.haystack.sample_id: q.haystack for q in asked}
         items = [_overlay_item(stacks, by_id[i], overlays[i], e.images) for i in overlay_ids]
         pictures["attention/overlays"] = overlay_figure(items, e.grid, out / OVERLAY_FILE, label)
+        write_overlays(out / OVERLAY_DATA_FILE, items, e.grid)
     history = _lambda_history(cfg.ckpt)
     if history:
         pictures["attention/lambda"] = lambda_trajectories({label: history}, out / LAMBDA_FILE)
@@ -169,11 +169,13 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
     return EvalOutcome(metrics, summary(metrics, out, stacks.directory), {"attention/samples": table}, pictures)
 
 
-def _overlay_item(stacks: Any, haystack: Haystack, maps: list[torch.Tensor], images: int) -> OverlayItem:
-    """The stitched image holding the needle, with each layer's attention on that image's tokens."""
+def _overlay_item(stacks: Any, haystack: Haystack, per_question: list[list[torch.Tensor]], images: int) -> OverlayItem:
+    """The stitched image holding the needle, with each layer's attention on that image's tokens
+    (averaged over the sample's questions: both of paper mode's)."""
     index = haystack.target[0] - 1
-    return OverlayItem(stacks.images(haystack)[index], haystack.caption, haystack.target,
-                       [m.reshape(images, -1)[index] for m in maps])
+    maps = [torch.stack(layer).mean(0).reshape(images, -1)[index] for layer in zip(*per_question)]
+    return OverlayItem(stacks.images(haystack)[index], haystack.caption, haystack.target, maps,
+                       image_path=str(stacks.image_paths(haystack)[index]), sample_id=haystack.sample_id)
 
 
 def _lambda_history(ckpt: str) -> Optional[dict[str, list[tuple[int, float]]]]:
@@ -193,14 +195,17 @@ def summary(metrics: dict[str, Any], out: Path, haystacks: Path) -> str:
              f"({metrics['attention/questions']} questions on {metrics['attention/samples']} MMNeedle haystacks; "
              f"argmax right on {metrics['attention/argmax_accuracy']:.3f} of them).",
              f"  share of the row's net attention on: needle cell | other cells | text;  needle / image "
-             f"(chance {metrics['attention/chance_needle_of_image']:.3f})"]
+             f"(chance {metrics['attention/chance_needle_of_image']:.3f}; n/a: the rows barely look at the image)"]
+    def fmt(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     for layer in layers:
         m = lambda g: metrics[f"{PREFIX}/layer{layer}/{g}"]  # noqa: E731
         lam = metrics.get(f"{PREFIX}/layer{layer}/lambda")
         lines.append(f"  layer {layer}: {m('needle'):.3f} ± {m('needle_sem'):.3f} | {m('distractor'):.3f} | {m('text'):.3f}"
-                     f";  {m('needle_of_image'):.3f}" + (f"   lambda {lam:.3f}" if lam is not None else "")
+                     f";  {fmt(m('needle_of_image'))}" + (f"   lambda {lam:.3f}" if lam is not None else "")
                      + f"   (prompt rows: {m('prompt_rows/needle'):.3f} | {m('prompt_rows/distractor'):.3f} | "
-                     f"{m('prompt_rows/text'):.3f})")
+                     f"{m('prompt_rows/text'):.3f};  {fmt(m('prompt_rows/needle_of_image'))})")
     lines.append(f"run directory: {out}  (metrics.json, {CURVES_FILE}, {OVERLAY_FILE}, {SAMPLES_FILE})")
     lines.append(f"haystacks: {haystacks}")
     return "\n".join(lines)

@@ -2,13 +2,14 @@
 
 - :func:`overlay_figure`: per sample, the stitched image with the needle cell outlined and, per text
   layer, the answer rows' attention on its image tokens laid over it;
-- :func:`layer_curves`: per layer, the needle cell's share vs an average other cell's, and the
-  needle's part of the image attention, one colour per checkpoint;
+- :func:`layer_curves`: per layer, the needle cell's share vs an average other cell's (answer rows,
+  prompt rows), and the needle's part of the image attention, one colour per checkpoint;
 - :func:`lambda_trajectories`: every layer's lambda over training, one panel per run and tower.
 
 From the command line, over finished runs::
 
     python -m diffpali.analysis.plots curves <evaluate run dir> ... --out curves.png
+    python -m diffpali.analysis.plots overlays <evaluate run dir> ... --out overlays.png [--samples 1]
     python -m diffpali.analysis.plots lambda <train run dir> ... --out lambda.png
 """
 
@@ -34,6 +35,36 @@ class OverlayItem:
     caption: str
     target: tuple[int, int, int]
     maps: list[torch.Tensor]  #: per layer, (S,) weights on this image's tokens in raster order
+    image_path: str = ""  #: where the image is (the haystack cache), for redrawing from JSON
+    sample_id: int = -1
+    name: str = ""  #: shown above the image (e.g. the model, when several are compared)
+
+
+def write_overlays(path: Path, items: Sequence[OverlayItem], grid: int) -> Path:
+    """The overlay data as JSON, so several runs' overlays of one sample can be drawn together later."""
+    import json
+
+    path.write_text(json.dumps({"grid": grid, "items": [
+        {"sample_id": i.sample_id, "caption": i.caption, "target": list(i.target), "image_path": i.image_path,
+         "maps": [[float(v) for v in m] for m in i.maps]} for i in items]}))
+    return path
+
+
+def read_overlays(path: Path) -> tuple[int, list[OverlayItem]]:
+    """(grid, items) from :func:`write_overlays`' file, images reopened from their paths."""
+    import json
+
+    from PIL import Image
+
+    data = json.loads(path.read_text())
+    items = []
+    for raw in data["items"]:
+        with Image.open(raw["image_path"]) as im:
+            image = im.convert("RGB")
+        items.append(OverlayItem(image, raw["caption"], tuple(raw["target"]),
+                                 [torch.tensor(m, dtype=torch.float64) for m in raw["maps"]],
+                                 raw["image_path"], int(raw["sample_id"])))
+    return int(data["grid"]), items
 
 
 def _pyplot():
@@ -78,7 +109,7 @@ def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: s
         panels = [(f"layer {i}", item.maps[i]) for i in layers] + [("mean of layers", torch.stack(item.maps).mean(0))]
         ax = axes[row, 0]
         ax.imshow(item.image)
-        ax.set_title(f"{item.caption}\n(row {r}, col {c})", fontsize=7)
+        ax.set_title((f"{item.name}\n" if item.name else "") + f"{item.caption} (row {r}, col {c})", fontsize=7)
         for ax, (name, weights) in zip(axes[row, 1:], panels):
             side = int(round(weights.numel() ** 0.5))
             values = weights.reshape(side, side).double().numpy()
@@ -117,11 +148,15 @@ def _layers(metrics: dict[str, Any]) -> list[int]:
 
 
 def layer_curves(runs: dict[str, dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Per layer, for each run (label -> its eval=attention metrics): left, the needle cell's share
-    (solid, ± standard error) and an average other cell's (dashed); right, needle / image with chance."""
+    """Per layer, one colour per run (label -> its eval=attention metrics).
+
+    Left: the answer rows' share on the needle cell (solid, ± standard error) and on an average other
+    cell (dashed). Middle: the same for the prompt rows. Right: the needle cell's part of the image
+    attention, answer rows (solid) and prompt rows (dotted), with chance.
+    """
     plt = _pyplot()
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (answer_ax, prompt_ax, ratio_ax) = plt.subplots(1, 3, figsize=(14, 4.2))
     chance = None
     for n, (label, metrics) in enumerate(runs.items()):
         layers = _layers(metrics)
@@ -130,25 +165,39 @@ def layer_curves(runs: dict[str, dict[str, Any]], path: Path, title: str = "") -
         color = f"C{n}"
         chance = metrics.get("attention/chance_needle_of_image", chance)
         other_cells = max(1.0, round(1 / chance) - 1) if chance else 1.0
-        get = lambda g: [metrics[f"{PREFIX}/layer{i}/{g}"] for i in layers]  # noqa: E731
-        left.errorbar(layers, get("needle"), yerr=get("needle_sem"), color=color, marker="o", capsize=3,
-                      label=f"{label}: needle cell")
-        left.plot(layers, [d / other_cells for d in get("distractor")], color=color, marker="x", linestyle="--",
-                  label=f"{label}: mean other cell")
-        right.plot(layers, get("needle_of_image"), color=color, marker="o", label=label)
+        get = lambda g: [_nan(metrics.get(f"{PREFIX}/layer{i}/{g}")) for i in layers]  # noqa: E731
+        answer_ax.errorbar(layers, get("needle"), yerr=get("needle_sem"), color=color, marker="o", capsize=3,
+                           label=f"{label}: needle cell")
+        answer_ax.plot(layers, [d / other_cells for d in get("distractor")], color=color, marker="x", linestyle="--",
+                       label=f"{label}: mean other cell")
+        if any(f"{PREFIX}/layer{i}/prompt_rows/needle" in metrics for i in layers):
+            prompt_ax.plot(layers, get("prompt_rows/needle"), color=color, marker="o", label=f"{label}: needle cell")
+            prompt_ax.plot(layers, [d / other_cells for d in get("prompt_rows/distractor")], color=color, marker="x",
+                           linestyle="--", label=f"{label}: mean other cell")
+            ratio_ax.plot(layers, get("prompt_rows/needle_of_image"), color=color, marker="s", linestyle=":",
+                          label=f"{label}: prompt rows")
+        ratio_ax.plot(layers, get("needle_of_image"), color=color, marker="o", label=f"{label}: answer rows")
     if chance:
-        right.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.2f})")
-    left.axhline(0, color="black", linewidth=0.5)
-    left.set_title("share of the answer rows' net attention", fontsize=9)
-    right.set_title("needle cell / all image tokens", fontsize=9)
-    for ax in (left, right):
+        ratio_ax.axhline(chance, color="grey", linestyle="-.", label=f"chance ({chance:.2f})")
+    answer_ax.set_title("answer rows: share of net attention", fontsize=9)
+    prompt_ax.set_title("prompt rows (caption, question): share of net attention", fontsize=9)
+    ratio_ax.set_title("needle cell / all image attention\n(missing: rows give the image < 1e-6)", fontsize=9)
+    ticks = sorted({i for m in runs.values() for i in _layers(m)})
+    for ax in (answer_ax, prompt_ax, ratio_ax):
+        ax.axhline(0, color="black", linewidth=0.5)
         ax.set_xlabel("text decoder layer")
-        ax.set_xticks(sorted({i for m in runs.values() for i in _layers(m)}))
-        ax.legend(fontsize=7)
+        ax.set_xticks(ticks)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _nan(value: Any) -> float:
+    """None (an undefined ratio) as NaN, which matplotlib leaves as a gap."""
+    return float("nan") if value is None else float(value)
 
 
 def lambda_trajectories(runs: dict[str, dict[str, list[tuple[int, float]]]], path: Path) -> Path:
@@ -184,10 +233,31 @@ def run_label(directory: Path) -> str:
     return f"{variant} ({directory.name})"
 
 
+def compare_overlays(runs: Sequence[Path], samples: int, path: Path, title: str = "") -> Path:
+    """The first ``samples`` overlay samples of the first run, one row per run that drew them too."""
+    loaded = []
+    for run in runs:
+        data = run / "attention_overlays.json"
+        if not data.is_file():
+            raise FileNotFoundError(f"{run}: no attention_overlays.json (an eval=attention run with eval.overlays > 0?)")
+        grid, items = read_overlays(data)
+        loaded.append((run_label(run), {i.sample_id: i for i in items}))
+    first = [i for i in loaded[0][1]][:samples]
+    rows = []
+    for sample in first:
+        for label, items in loaded:
+            if sample in items:
+                items[sample].name = label
+                rows.append(items[sample])
+    return overlay_figure(rows, grid, path, title or "answer rows")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m diffpali.analysis.plots", description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=("curves", "lambda"),
-                        help="curves: eval=attention runs on one plot; lambda: train runs' lambda histories")
+    parser.add_argument("kind", choices=("curves", "overlays", "lambda"),
+                        help="curves: eval=attention runs on one plot; overlays: their overlays of the same "
+                             "samples, one row per run; lambda: train runs' lambda histories")
+    parser.add_argument("--samples", type=int, default=1, help="overlays: how many samples (the first ones)")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title", default="")
@@ -205,6 +275,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                     raise FileNotFoundError(f"{run}: no metrics.json (run python evaluate.py ckpt=... eval=attention first)")
                 runs[run_label(run)] = json.loads(metrics_file.read_text())
             written = layer_curves(runs, args.out, args.title)
+        elif args.kind == "overlays":
+            written = compare_overlays(args.runs, args.samples, args.out, args.title)
         else:
             written = lambda_trajectories({run_label(run): read_history(run) for run in args.runs}, args.out)
     except (FileNotFoundError, ValueError) as err:

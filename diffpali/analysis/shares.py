@@ -59,7 +59,7 @@ class ShareAccumulator:
     def add(self, layer: int, key: str, shares: torch.Tensor) -> None:
         self.per_sample[(layer, key)].append(shares.detach().cpu())
 
-    def metrics(self, prefix: str = "attention/text") -> dict[str, float]:
+    def metrics(self, prefix: str = "attention/text") -> dict[str, Optional[float]]:
         """Flat metrics: ``{prefix}/layer{i}/{group}`` (mean over heads and samples), ``..._sem``,
         ``needle_of_image`` (needle / (needle + distractor)), ``head{h}/{group}``, ``branch{b}/{group}``,
         ``lambda``; and ``{prefix}/mean/...`` over layers."""
@@ -74,19 +74,20 @@ class ShareAccumulator:
                 means = per_sample.mean(dim=0)
                 for g, group in enumerate(GROUPS):
                     out[f"{name}/{group}"] = float(means[g])
+                out[f"{name}/needle_of_image"] = _needle_of_image(means)
                 if key:
                     continue
                 for g, group in enumerate(GROUPS):
                     out[f"{name}/{group}_sem"] = _sem(per_sample[:, g])
-                out[f"{name}/needle_of_image"] = _needle_of_image(means)
                 for h, head in enumerate(stacked.mean(dim=0)):
                     for g, group in enumerate(GROUPS):
                         out[f"{name}/head{h}/{group}"] = float(head[g])
             if layer in self.lambdas:
                 out[f"{base}/lambda"] = self.lambdas[layer]
-        if layers:
-            for group in (*GROUPS, "needle_of_image"):
-                out[f"{prefix}/mean/{group}"] = sum(out[f"{prefix}/layer{i}/{group}"] for i in layers) / len(layers)
+        for group in (*GROUPS, "needle_of_image"):
+            values = [out[f"{prefix}/layer{i}/{group}"] for i in layers if out.get(f"{prefix}/layer{i}/{group}") is not None]
+            if values:
+                out[f"{prefix}/mean/{group}"] = sum(values) / len(values)
         return out
 
 
@@ -96,7 +97,12 @@ def _sem(values: torch.Tensor) -> float:
     return float(values.double().std(unbiased=True) / math.sqrt(n)) if n > 1 else 0.0
 
 
-def _needle_of_image(means: torch.Tensor) -> float:
+#: Below this share of attention on the image, needle / image is left undefined (None): a ratio of
+#: two masses of 1e-20 is rounding noise, not a preference for a cell.
+MIN_IMAGE_SHARE = 1e-6
+
+
+def _needle_of_image(means: torch.Tensor) -> Optional[float]:
     """needle / (needle + distractor): the needle cell's part of the attention on the image."""
     image = float(means[0] + means[1])
-    return float(means[0]) / image if abs(image) > 1e-12 else float("nan")
+    return float(means[0]) / image if abs(image) >= MIN_IMAGE_SHARE else None

@@ -339,6 +339,8 @@ def test_curves_and_overlays_are_drawn(tmp_path):
     maps = [torch.linspace(0, 1, 16), torch.linspace(1, -1, 16)]  # the second like a differential map
     item = OverlayItem(_haystack(["red", "blue", "green", "white"]), "a red circle", (1, 2, 1), maps)
     _not_blank(overlay_figure([item, item], 2, tmp_path / "overlay.png", "test"))
+    with pytest.raises(ValueError, match="no prompt rows"):
+        overlay_figure([item], 2, tmp_path / "none.png", "test", rows="prompt")
 
 
 def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, tmp_path):
@@ -362,7 +364,7 @@ def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, 
         assert m[f"attention/text/layer{layer}/lambda"] == pytest.approx(lambda_values(model)[f"text/layer{layer}"])
     records = [json.loads(line) for line in (tmp_path / "attention_samples.jsonl").read_text().splitlines()]
     assert [r["question"] for r in records] == ["row", "column"] * 4
-    assert set(outcome.pictures) == {"attention/layers", "attention/overlays"}
+    assert set(outcome.pictures) == {"attention/layers", "attention/overlays", "attention/overlays_prompt"}
     for path in outcome.pictures.values():
         _not_blank(path)
     assert "layer 1:" in outcome.summary
@@ -378,8 +380,9 @@ def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, 
             image = sum(r["layers"][str(layer)][0] + r["layers"][str(layer)][1] for r in asked) / 2
             assert float(weights[cell_patches(64, 16, 2)[(row - 1) * 2 + col - 1]].sum()) == pytest.approx(needle, abs=1e-5)
             assert float(weights.sum()) == pytest.approx(image, abs=1e-5)
+        assert len(item.prompt_maps) == 2 and float(item.prompt_maps[1].sum()) > 0
     (tmp_path / "job.json").write_text(json.dumps({"status": "completed", "config": {"ckpt": "base"}}))
-    _not_blank(compare_overlays([tmp_path, tmp_path], 1, tmp_path / "compare.png"))
+    _not_blank(compare_overlays([tmp_path, tmp_path], 1, tmp_path / "compare.png", rows="prompt"))
     # the same samples as MMNeedle: the haystacks come from the one cache, in its order
     from diffpali.needle.evaluate import haystack_set
 

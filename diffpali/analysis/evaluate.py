@@ -34,6 +34,7 @@ from .shares import ShareAccumulator, image_map, row_shares
 
 OVERLAY_FILE = "attention_overlays.png"
 OVERLAY_DATA_FILE = "attention_overlays.json"
+PROMPT_OVERLAY_FILE = "attention_overlays_prompt.png"
 CURVES_FILE = "attention_layers.png"
 LAMBDA_FILE = "lambda_trajectories.png"
 SAMPLES_FILE = "attention_samples.jsonl"
@@ -91,7 +92,8 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
     tokens_per_image = int(processor.image_seq_length)
     collate = PaliGemmaCollator(processor, train=True, dataset_name="attention")
     accumulator = ShareAccumulator()
-    overlays: dict[int, list[list[torch.Tensor]]] = {}  # sample_id -> per question, per layer image maps
+    # sample_id -> per question, per layer (answer rows' map, prompt rows' map) on the image tokens
+    overlays: dict[int, list[list[tuple[torch.Tensor, torch.Tensor]]]] = {}
     overlay_ids = list(dict.fromkeys(q.haystack.sample_id for q in asked))[: e.overlays]
     records: list[dict[str, Any]] = []
     correct = 0
@@ -116,7 +118,7 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                     correct += right
                     record: dict[str, Any] = {"sample_id": q.haystack.sample_id, "question": q.kind,
                                               "answer": q.answer, "argmax_right": right, "layers": {}}
-                    question_maps: list[torch.Tensor] = []
+                    question_maps: list[tuple[torch.Tensor, torch.Tensor]] = []
                     for depth, maps in layers.items():
                         shares = row_shares(maps.effective[b], layout)
                         accumulator.add(depth, "", shares)
@@ -127,7 +129,8 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                             accumulator.lambdas[depth] = maps.lam
                         record["layers"][depth] = [round(float(v), 6) for v in shares.mean(0)]
                         if q.haystack.sample_id in overlay_ids:
-                            question_maps.append(image_map(maps.effective[b], layout))
+                            question_maps.append((image_map(maps.effective[b], layout),
+                                                  image_map(maps.effective[b], layout, layout.prompt_rows)))
                     if question_maps:
                         overlays.setdefault(q.haystack.sample_id, []).append(question_maps)
                     records.append(record)
@@ -157,6 +160,7 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
         by_id = {q.haystack.sample_id: q.haystack for q in asked}
         items = [_overlay_item(stacks, by_id[i], overlays[i], e.images) for i in overlay_ids]
         pictures["attention/overlays"] = overlay_figure(items, e.grid, out / OVERLAY_FILE, label)
+        pictures["attention/overlays_prompt"] = overlay_figure(items, e.grid, out / PROMPT_OVERLAY_FILE, label, "prompt")
         write_overlays(out / OVERLAY_DATA_FILE, items, e.grid)
     history = _lambda_history(cfg.ckpt)
     if history:
@@ -169,13 +173,18 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
     return EvalOutcome(metrics, summary(metrics, out, stacks.directory), {"attention/samples": table}, pictures)
 
 
-def _overlay_item(stacks: Any, haystack: Haystack, per_question: list[list[torch.Tensor]], images: int) -> OverlayItem:
+def _overlay_item(stacks: Any, haystack: Haystack, per_question: list[list[tuple[torch.Tensor, torch.Tensor]]],
+                  images: int) -> OverlayItem:
     """The stitched image holding the needle, with each layer's attention on that image's tokens
     (averaged over the sample's questions: both of paper mode's)."""
     index = haystack.target[0] - 1
-    maps = [torch.stack(layer).mean(0).reshape(images, -1)[index] for layer in zip(*per_question)]
-    return OverlayItem(stacks.images(haystack)[index], haystack.caption, haystack.target, maps,
-                       image_path=str(stacks.image_paths(haystack)[index]), sample_id=haystack.sample_id)
+    def mean(which: int) -> list[torch.Tensor]:
+        return [torch.stack([pair[which] for pair in layer]).mean(0).reshape(images, -1)[index]
+                for layer in zip(*per_question)]
+
+    return OverlayItem(stacks.images(haystack)[index], haystack.caption, haystack.target, mean(0),
+                       image_path=str(stacks.image_paths(haystack)[index]), sample_id=haystack.sample_id,
+                       prompt_maps=mean(1))
 
 
 def _lambda_history(ckpt: str) -> Optional[dict[str, list[tuple[int, float]]]]:

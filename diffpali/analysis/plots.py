@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -25,6 +25,10 @@ import torch
 
 PREFIX = "attention/text"
 MAX_LAYER_PANELS = 6  #: overlay columns beyond the image; deeper models show evenly spaced layers
+#: An overlay panel whose rows give the image less than this share is not coloured: scaled per panel,
+#: 1e-20 of attention would look as bright as all of it.
+MIN_DRAWN_IMAGE_SHARE = 1e-3
+ROW_SETS = {"answer": "answer rows", "prompt": "prompt rows (caption, question)"}
 
 
 @dataclass
@@ -38,6 +42,7 @@ class OverlayItem:
     image_path: str = ""  #: where the image is (the haystack cache), for redrawing from JSON
     sample_id: int = -1
     name: str = ""  #: shown above the image (e.g. the model, when several are compared)
+    prompt_maps: list[torch.Tensor] = field(default_factory=list)  #: the same for the prompt rows
 
 
 def write_overlays(path: Path, items: Sequence[OverlayItem], grid: int) -> Path:
@@ -46,7 +51,8 @@ def write_overlays(path: Path, items: Sequence[OverlayItem], grid: int) -> Path:
 
     path.write_text(json.dumps({"grid": grid, "items": [
         {"sample_id": i.sample_id, "caption": i.caption, "target": list(i.target), "image_path": i.image_path,
-         "maps": [[float(v) for v in m] for m in i.maps]} for i in items]}))
+         "maps": [[float(v) for v in m] for m in i.maps],
+         "prompt_maps": [[float(v) for v in m] for m in i.prompt_maps]} for i in items]}))
     return path
 
 
@@ -63,7 +69,8 @@ def read_overlays(path: Path) -> tuple[int, list[OverlayItem]]:
             image = im.convert("RGB")
         items.append(OverlayItem(image, raw["caption"], tuple(raw["target"]),
                                  [torch.tensor(m, dtype=torch.float64) for m in raw["maps"]],
-                                 raw["image_path"], int(raw["sample_id"])))
+                                 raw["image_path"], int(raw["sample_id"]),
+                                 prompt_maps=[torch.tensor(m, dtype=torch.float64) for m in raw.get("prompt_maps", [])]))
     return int(data["grid"]), items
 
 
@@ -90,23 +97,29 @@ def shown_layers(count: int, limit: int = MAX_LAYER_PANELS) -> list[int]:
     return sorted({round(i * (count - 1) / (limit - 1)) for i in range(limit)})
 
 
-def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: str) -> Path:
-    """One row per sample: the image, then one panel per (shown) layer and the mean over layers.
+def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: str, rows: str = "answer") -> Path:
+    """One row per sample: the image, then one panel per (shown) layer and the mean over layers, for
+    the answer rows' maps or the prompt rows' (``rows``).
 
-    Each panel's number is the needle cell's part of that panel's attention on the image.
-    Differential maps can be negative: those panels use a diverging scale centred on 0.
+    Each panel says the rows' share on the image and the needle cell's part of it. Differential maps
+    can be negative: those panels use a diverging scale centred on 0.
     """
+    if rows not in ROW_SETS:
+        raise ValueError(f"rows={rows!r}: must be one of {', '.join(ROW_SETS)}")
     plt = _pyplot()
     from matplotlib.patches import Rectangle
 
-    layers = shown_layers(len(items[0].maps))
+    chosen = [item.maps if rows == "answer" else item.prompt_maps for item in items]
+    if not all(chosen):
+        raise ValueError(f"no {ROW_SETS[rows]} maps to draw")
+    layers = shown_layers(len(chosen[0]))
     columns = 2 + len(layers)
     fig, axes = plt.subplots(len(items), columns, figsize=(1.9 * columns, 2.1 * len(items) + 0.5), squeeze=False)
-    for row, item in enumerate(items):
+    for row, (item, maps) in enumerate(zip(items, chosen)):
         width, height = item.image.size
         _, r, c = item.target
         cell_w, cell_h = width / grid, height / grid
-        panels = [(f"layer {i}", item.maps[i]) for i in layers] + [("mean of layers", torch.stack(item.maps).mean(0))]
+        panels = [(f"layer {i}", maps[i]) for i in layers] + [("mean of layers", torch.stack(maps).mean(0))]
         ax = axes[row, 0]
         ax.imshow(item.image)
         ax.set_title((f"{item.name}\n" if item.name else "") + f"{item.caption} (row {r}, col {c})", fontsize=7)
@@ -114,22 +127,24 @@ def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: s
             side = int(round(weights.numel() ** 0.5))
             values = weights.reshape(side, side).double().numpy()
             ax.imshow(item.image, alpha=0.45)
+            total = float(values.sum())  # the rows' share on the image at all
+            if abs(total) < MIN_DRAWN_IMAGE_SHARE:
+                ax.set_title(f"{name}\nimage {total:.1g}: not drawn", fontsize=7)
+                continue
             low = float(values.min())
             scale = dict(cmap="RdBu_r", vmin=-abs(values).max(), vmax=abs(values).max()) if low < 0 else dict(cmap="magma")
             ax.imshow(values, extent=(0, width, height, 0), alpha=0.6, interpolation="nearest", **scale)
             needle = _cell_mask(side, grid, r - 1, c - 1)
-            total = float(values.sum())  # the rows' share on the image at all: tiny means the colours say little
-            part = float(values[needle].sum()) / total if total != 0 else float("nan")
-            ax.set_title(f"{name}\nimage {total:.2g}, needle {part:.2f}", fontsize=7)
+            ax.set_title(f"{name}\nimage {total:.2g}, needle {float(values[needle].sum()) / total:.2f}", fontsize=7)
         for ax in axes[row]:
             ax.add_patch(Rectangle(((c - 1) * cell_w, (r - 1) * cell_h), cell_w, cell_h, fill=False,
                                    edgecolor="lime", linewidth=2))
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"{label}: answer rows' attention on the image tokens (text decoder, mean over heads), "
-                 f"needle cell outlined\n'image': share of the rows' attention on the image; "
-                 f"'needle': the needle cell's part of it (chance {1 / grid ** 2:.2f}); colours relative per panel",
-                 fontsize=7)
+    fig.suptitle(f"{label}: {ROW_SETS[rows]}' attention on the image tokens (text decoder, mean over heads), "
+                 f"needle cell outlined\n'image': share of the rows' attention on the image (not drawn below "
+                 f"{MIN_DRAWN_IMAGE_SHARE:g}); 'needle': the needle cell's part of it (chance {1 / grid ** 2:.2f}); "
+                 f"colours relative per panel", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -233,7 +248,7 @@ def run_label(directory: Path) -> str:
     return f"{variant} ({directory.name})"
 
 
-def compare_overlays(runs: Sequence[Path], samples: int, path: Path, title: str = "") -> Path:
+def compare_overlays(runs: Sequence[Path], samples: int, path: Path, title: str = "", rows: str = "answer") -> Path:
     """The first ``samples`` overlay samples of the first run, one row per run that drew them too."""
     loaded = []
     for run in runs:
@@ -243,13 +258,13 @@ def compare_overlays(runs: Sequence[Path], samples: int, path: Path, title: str 
         grid, items = read_overlays(data)
         loaded.append((run_label(run), {i.sample_id: i for i in items}))
     first = [i for i in loaded[0][1]][:samples]
-    rows = []
+    picked = []
     for sample in first:
         for label, items in loaded:
             if sample in items:
                 items[sample].name = label
-                rows.append(items[sample])
-    return overlay_figure(rows, grid, path, title or "answer rows")
+                picked.append(items[sample])
+    return overlay_figure(picked, grid, path, title or "eval=attention runs", rows)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -258,6 +273,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="curves: eval=attention runs on one plot; overlays: their overlays of the same "
                              "samples, one row per run; lambda: train runs' lambda histories")
     parser.add_argument("--samples", type=int, default=1, help="overlays: how many samples (the first ones)")
+    parser.add_argument("--rows", choices=tuple(ROW_SETS), default="answer", help="overlays: whose attention")
     parser.add_argument("runs", nargs="+", type=Path, help="run directories")
     parser.add_argument("--out", type=Path, required=True, help="the PNG to write")
     parser.add_argument("--title", default="")
@@ -276,7 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 runs[run_label(run)] = json.loads(metrics_file.read_text())
             written = layer_curves(runs, args.out, args.title)
         elif args.kind == "overlays":
-            written = compare_overlays(args.runs, args.samples, args.out, args.title)
+            written = compare_overlays(args.runs, args.samples, args.out, args.title, args.rows)
         else:
             written = lambda_trajectories({run_label(run): read_history(run) for run in args.runs}, args.out)
     except (FileNotFoundError, ValueError) as err:

@@ -36,10 +36,10 @@ def row_shares(maps: torch.Tensor, layout: SampleLayout, rows: Optional[torch.Te
     return (masses / total).mean(dim=1).float()
 
 
-def image_map(maps: torch.Tensor, layout: SampleLayout) -> torch.Tensor:
-    """(images * S,) attention on each image token, averaged over heads and rows, as a share of the row sum
-    (float64)."""
-    rows = maps[:, layout.rows, :].double()
+def image_map(maps: torch.Tensor, layout: SampleLayout, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(images * S,) attention on each image token, averaged over heads and ``rows`` (default: the
+    answer rows), as a share of the row sum (float64)."""
+    rows = maps[:, layout.rows if rows is None else rows, :].double()
     weights = rows[..., layout.image_tokens] / rows.sum(-1, keepdim=True)
     return weights.mean(dim=(0, 1))  # float64: a nearly blind row's image weights underflow float32
 

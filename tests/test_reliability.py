@@ -364,7 +364,7 @@ def test_a_real_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights():
 
 @pytest.mark.slow
 def test_train_py_names_a_bad_record_in_one_line_before_loading_the_model(vqav2_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", "data=vqav2", f"data.path={vqav2_dir}", "logger=none",
+    proc = subprocess.run([sys.executable, "train.py", "data=vqav2", f"data.path={vqav2_dir}", "data.val_split=train", "logger=none",
                            f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1

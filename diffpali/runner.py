@@ -45,7 +45,16 @@ def log_table(logger: Any, key: str, columns: list[str], rows: list[list[Any]]) 
     from PIL import Image
 
     data = [[wandb.Image(v) if isinstance(v, Image.Image) else v for v in row] for row in rows]
-    logger.experiment.log({key: wandb.Table(columns=columns, data=data)})
+    payload: dict[str, Any] = {key: wandb.Table(columns=columns, data=data)}
+    # An offline run stores a table's images as the word "Image" (wandb/wandb#4611); the same images
+    # as a captioned list survive offline and a later `wandb sync`.
+    gallery = []
+    for row in rows:
+        caption = ", ".join(f"{c}={v}" for c, v in zip(columns, row) if not isinstance(v, Image.Image))
+        gallery += [wandb.Image(v, caption=caption) for v in row if isinstance(v, Image.Image)]
+    if gallery:
+        payload[f"{key}_images"] = gallery
+    logger.experiment.log(payload)
 
 
 def log_pictures(logger: Any, pictures: dict[str, Path]) -> None:

@@ -107,6 +107,8 @@ def test_evaluate_mmneedle_writes_metrics_heatmap_and_every_reply(trained_run):
     logged = json.loads(table.read_text())
     assert logged["columns"] == ["sample_id", "haystack", "caption", "answer", "reply", "exact"] and len(logged["data"]) == 8
     assert list((out / "wandb").glob("offline-run-*/files/media/images/mmneedle/heatmap_*.png"))
+    # the table's stitched images also reach the offline run, as a captioned gallery
+    assert len(list((out / "wandb").glob("offline-run-*/files/media/images/mmneedle/samples_images_*.png"))) == 8
 
     official = tmp / "mmneedle_official"
     run("evaluate.py", f"ckpt={run_dir}", "eval=mmneedle", "eval.mode=official", "eval.samples=8",

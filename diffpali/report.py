@@ -688,7 +688,7 @@ def pope_markdown(jobs: list[Job], source: str) -> str:
 # Attention analysis (evaluate.py eval=attention)
 # --------------------------------------------------------------------------------------------
 ATTENTION_PREFIX = "attention/text/layer"
-ATTENTION_GROUPS = ("needle", "distractor", "text", "needle_of_image", "lambda")
+ATTENTION_GROUPS = ("needle", "distractor", "text", "needle_of_image", "lambda", "prompt_rows/needle_of_image")
 
 
 def attention_layers(job: Job) -> dict[int, dict[str, float]]:
@@ -731,18 +731,21 @@ ATTENTION_CSV_FIELDS = ["run", "model", "layer", "questions", *ATTENTION_GROUPS,
 
 def attention_markdown(jobs: list[Job], source: str) -> str:
     rows = attention_rows(jobs)
-    header = ["model", "layer", "needle (%)", "other cells (%)", "text (%)", "needle / image (%)", "lambda", "questions"]
+    header = ["model", "layer", "needle (%)", "other cells (%)", "text (%)", "needle / image (%)",
+              "prompt rows: needle / image (%)", "lambda", "questions"]
     lines = [[r["model"], r["layer"], pct(r["needle"], r["needle_sem"]), pct(r["distractor"], None), pct(r["text"], None),
-              pct(r["needle_of_image"], None), "—" if r["lambda"] is None else f"{r['lambda']:.3f}", r["questions"]]
-             for r in rows]
+              pct(r["needle_of_image"], None), pct(r["prompt_rows/needle_of_image"], None),
+              "—" if r["lambda"] is None else f"{r['lambda']:.3f}", r["questions"]] for r in rows]
     chance = next((j.metrics.get("attention/chance_needle_of_image") for j in jobs if attention_layers(j)), None)
     note = (
         "Attention of the answer rows (the positions that predict the answer tokens) of the text decoder on "
         "MMNeedle positives (`evaluate.py eval=attention`): the share of each row's net attention on the needle "
         "cell's image tokens, on the other cells' image tokens and on the text, averaged over heads, rows and "
-        "questions (needle ± standard error over questions). For differential layers the map is "
+        "questions (needle ± standard error over haystacks). For differential layers the map is "
         "softmax(Q1K1) − λ·softmax(Q2K2), whose shares can fall below 0. `needle / image`: the needle cell's part "
-        "of the attention on the image" + (f" (chance {pct(chance, None)})." if chance else ".")
+        "of the attention on the image" + (f" (chance {pct(chance, None)}%)" if chance else "") + "; — where the rows "
+        "give the image less than 1e-6. The prompt rows (bos, the question with its caption, the newline) are "
+        "measured the same way."
     )
     return "\n".join(["## Attention on the needle", "", note, "", f"Source: `{source}`.", "",
                       _md_table(header, lines)]) + "\n"

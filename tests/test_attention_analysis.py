@@ -225,6 +225,12 @@ def test_accumulator_means_sems_and_needle_of_image_are_hand_computed():
     assert m["p/layer0/head0/needle"] == pytest.approx(0.35) and m["p/layer0/head1/distractor"] == pytest.approx(0.35)
     assert m["p/layer0/branch1/needle"] == 1.0 and m["p/layer0/lambda"] == 0.2
     assert m["p/mean/needle"] == pytest.approx(0.3)
+    paired = ShareAccumulator()  # two questions about one haystack count once in the standard error
+    for sample, needle in [(7, 0.4), (7, 0.2), (8, 0.6), (8, 0.6)]:
+        paired.add(0, "", torch.tensor([[needle, 0.0, 1 - needle]]), sample)
+    m2 = paired.metrics("p")
+    assert m2["p/layer0/needle"] == pytest.approx(0.45)
+    assert m2["p/layer0/needle_sem"] == pytest.approx(0.15 * math.sqrt(2) / math.sqrt(2))  # std of (0.3, 0.6) / sqrt(2)
     acc.add(1, "", torch.tensor([[1e-9, 2e-9, 1.0]]))  # a layer whose rows all but ignore the image
     m = acc.metrics("p")
     assert m["p/layer1/needle_of_image"] is None and m["p/mean/needle_of_image"] == pytest.approx(0.5)

@@ -121,11 +121,12 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                     question_maps: list[tuple[torch.Tensor, torch.Tensor]] = []
                     for depth, maps in layers.items():
                         shares = row_shares(maps.effective[b], layout)
-                        accumulator.add(depth, "", shares)
-                        accumulator.add(depth, "prompt_rows", row_shares(maps.effective[b], layout, layout.prompt_rows))
+                        sample = q.haystack.sample_id
+                        accumulator.add(depth, "", shares, sample)
+                        accumulator.add(depth, "prompt_rows", row_shares(maps.effective[b], layout, layout.prompt_rows), sample)
                         if maps.branches is not None:
                             for i, branch in enumerate(maps.branches, 1):
-                                accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout))
+                                accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout), sample)
                             accumulator.lambdas[depth] = maps.lam
                         record["layers"][depth] = [round(float(v), 6) for v in shares.mean(0)]
                         if q.haystack.sample_id in overlay_ids:
@@ -203,7 +204,7 @@ def summary(metrics: dict[str, Any], out: Path, haystacks: Path) -> str:
     lines = [f"Attention of the answer rows, text decoder, {metrics['attention/variant']} "
              f"({metrics['attention/questions']} questions on {metrics['attention/samples']} MMNeedle haystacks; "
              f"argmax right on {metrics['attention/argmax_accuracy']:.3f} of them).",
-             f"  share of the row's net attention on: needle cell | other cells | text;  needle / image "
+             f"  share of the row's net attention on: needle cell (± s.e. over haystacks) | other cells | text;  needle / image "
              f"(chance {metrics['attention/chance_needle_of_image']:.3f}; n/a: the rows barely look at the image)"]
     def fmt(value: Optional[float]) -> str:
         return "n/a" if value is None else f"{value:.3f}"

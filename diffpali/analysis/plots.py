@@ -114,7 +114,7 @@ def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: s
         raise ValueError(f"no {ROW_SETS[rows]} maps to draw")
     layers = shown_layers(len(chosen[0]))
     columns = 2 + len(layers)
-    fig, axes = plt.subplots(len(items), columns, figsize=(1.9 * columns, 2.1 * len(items) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(items), columns, figsize=(1.9 * columns, 2.4 * len(items) + 0.8), squeeze=False)
     for row, (item, maps) in enumerate(zip(items, chosen)):
         width, height = item.image.size
         _, r, c = item.target
@@ -141,10 +141,10 @@ def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: s
                                    edgecolor="lime", linewidth=2))
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"{label}: {ROW_SETS[rows]}' attention on the image tokens (text decoder, mean over heads), "
-                 f"needle cell outlined\n'image': share of the rows' attention on the image (not drawn below "
-                 f"{MIN_DRAWN_IMAGE_SHARE:g}); 'needle': the needle cell's part of it (chance {1 / grid ** 2:.2f}); "
-                 f"colours relative per panel", fontsize=7)
+    fig.suptitle(f"{label}\n{ROW_SETS[rows]}' attention on the image tokens (text decoder, mean over heads), "
+                 f"needle cell outlined\n'image': the rows' share on the image (not drawn below {MIN_DRAWN_IMAGE_SHARE:g}); "
+                 f"'needle': the needle cell's part of it (chance {1 / grid ** 2:.2f});\ncolours relative per panel "
+                 f"(red-blue: a differential map with negative weights)", fontsize=7)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -244,8 +244,10 @@ def run_label(directory: Path) -> str:
     from ..report import diff_attn_label, read_job
 
     job = read_job(directory, directory)
-    variant = job.metrics.get("attention/variant") or {"no": "vanilla"}.get(diff_attn_label(job), diff_attn_label(job))
-    return f"{variant} ({directory.name})"
+    variant = job.metrics.get("attention/variant") or job.get("attn.variant")
+    if variant == "diff_dup" and job.get("attn.dup_mode"):
+        variant = f"diff_dup_{job.get('attn.dup_mode')}"
+    return f"{variant or diff_attn_label(job)} ({directory.name})"
 
 
 def compare_overlays(runs: Sequence[Path], samples: int, path: Path, title: str = "", rows: str = "answer") -> Path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
@@ -46,18 +46,23 @@ def image_map(maps: torch.Tensor, layout: SampleLayout, rows: Optional[torch.Ten
 
 @dataclass
 class ShareAccumulator:
-    """Per-sample shares of every layer, reduced to per-layer means (and standard errors) at the end.
+    """Per-question shares of every layer, reduced to per-layer means (and standard errors) at the end.
 
-    ``add(layer, key, shares)``: key is "" for the layer's effective map on the answer rows (with
-    per-head values and standard errors), or a sub-measure reported with its three groups only: a
-    branch ("branch1", "branch2") or other rows ("prompt_rows"); ``shares`` is (heads, 3).
+    ``add(layer, key, shares, sample)``: key is "" for the layer's effective map on the answer rows
+    (with per-head values and standard errors), or a sub-measure reported with its three groups
+    only: a branch ("branch1", "branch2") or other rows ("prompt_rows"); ``shares`` is (heads, 3).
+    Questions about one haystack (paper mode asks two) are averaged first: they see the same pixels,
+    so the standard error is over haystacks, the independent unit.
     """
 
-    per_sample: dict[tuple[int, str], list[torch.Tensor]] = field(default_factory=lambda: defaultdict(list))
+    per_sample: dict[tuple[int, str], dict[Any, list[torch.Tensor]]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     lambdas: dict[int, float] = field(default_factory=dict)
 
-    def add(self, layer: int, key: str, shares: torch.Tensor) -> None:
-        self.per_sample[(layer, key)].append(shares.detach().cpu())
+    def add(self, layer: int, key: str, shares: torch.Tensor, sample: Any = None) -> None:
+        """``sample``: the haystack the question is about (None: a unit of its own)."""
+        questions = self.per_sample[(layer, key)]
+        questions[sample if sample is not None else ("question", len(questions))].append(shares.detach().cpu())
 
     def metrics(self, prefix: str = "attention/text") -> dict[str, Optional[float]]:
         """Flat metrics: ``{prefix}/layer{i}/{group}`` (mean over heads and samples), ``..._sem``,
@@ -68,7 +73,7 @@ class ShareAccumulator:
         for layer in layers:
             base = f"{prefix}/layer{layer}"
             for key in sorted({k for lay, k in self.per_sample if lay == layer}):
-                stacked = torch.stack(self.per_sample[(layer, key)])  # (samples, heads, 3)
+                stacked = torch.stack([torch.stack(q).mean(0) for q in self.per_sample[(layer, key)].values()])  # (samples, heads, 3)
                 name = f"{base}/{key}" if key else base
                 per_sample = stacked.mean(dim=1)  # (samples, 3)
                 means = per_sample.mean(dim=0)

@@ -370,6 +370,7 @@ def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, 
         assert m[f"attention/text/layer{layer}/lambda"] == pytest.approx(lambda_values(model)[f"text/layer{layer}"])
     records = [json.loads(line) for line in (tmp_path / "attention_samples.jsonl").read_text().splitlines()]
     assert [r["question"] for r in records] == ["row", "column"] * 4
+    assert all(sum(r["prompt_layers"]["1"]) == pytest.approx(1.0, abs=1e-5) for r in records)
     assert set(outcome.pictures) == {"attention/layers", "attention/overlays", "attention/overlays_prompt"}
     for path in outcome.pictures.values():
         _not_blank(path)

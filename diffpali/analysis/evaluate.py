@@ -8,6 +8,12 @@ The rows measured are those whose next-token prediction is an answer token; in p
 is one token, so the only row is the last prompt token and the forced answer does not influence it.
 Whether the model would have answered right is recorded per question (its argmax at each row).
 
+Written to the run directory: ``metrics.json`` (see :class:`~diffpali.analysis.shares.ShareAccumulator`),
+``attention_samples.jsonl`` (per question: per layer [needle, distractor, text] shares, heads averaged,
+for the answer rows ``layers`` and the prompt rows ``prompt_layers``), ``attention_layers.png``,
+``attention_overlays.png`` / ``attention_overlays_prompt.png`` and their data ``attention_overlays.json``,
+and ``lambda_trajectories.png`` when the scored run recorded a lambda history.
+
 Only the text decoder is recorded (the answer tokens live there); the vision tower keeps its kernel.
 """
 
@@ -117,13 +123,16 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                     right = bool((predicted == batch["input_ids"][b, layout.rows + 1]).all())
                     correct += right
                     record: dict[str, Any] = {"sample_id": q.haystack.sample_id, "question": q.kind,
-                                              "answer": q.answer, "argmax_right": right, "layers": {}}
+                                              "answer": q.answer, "argmax_right": right, "layers": {},
+                                              "prompt_layers": {}}
                     question_maps: list[tuple[torch.Tensor, torch.Tensor]] = []
                     for depth, maps in layers.items():
                         shares = row_shares(maps.effective[b], layout)
                         sample = q.haystack.sample_id
                         accumulator.add(depth, "", shares, sample)
-                        accumulator.add(depth, "prompt_rows", row_shares(maps.effective[b], layout, layout.prompt_rows), sample)
+                        prompt = row_shares(maps.effective[b], layout, layout.prompt_rows)
+                        accumulator.add(depth, "prompt_rows", prompt, sample)
+                        record["prompt_layers"][depth] = [round(float(v), 6) for v in prompt.mean(0)]
                         if maps.branches is not None:
                             for i, branch in enumerate(maps.branches, 1):
                                 accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout), sample)

@@ -244,6 +244,8 @@ def run_label(directory: Path) -> str:
     from ..report import diff_attn_label, read_job
 
     job = read_job(directory, directory)
+    if job.get("ckpt") == "base":
+        return f"base ({directory.name})"
     variant = job.metrics.get("attention/variant") or job.get("attn.variant")
     if variant == "diff_dup" and job.get("attn.dup_mode"):
         variant = f"diff_dup_{job.get('attn.dup_mode')}"

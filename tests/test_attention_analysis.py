@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageChops
+from PIL import Image
 
 from diffpali.analysis.lambda_history import HISTORY_FILE, LambdaHistory, read_history
 from diffpali.analysis.layout import SampleLayout, cell_patches, sample_layout, straddling_patches

@@ -32,10 +32,10 @@ from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, ne
 from ..eval_tasks import EvalOutcome, EvalTable, batch_size
 from ..needle.evaluate import haystack_set, needle_example
 from ..needle.haystack import Haystack
-from .layout import cell_patches, sample_layout, straddling_patches
+from .layout import SampleLayout, cell_patches, sample_layout, straddling_patches
 from .lambda_history import HISTORY_FILE, read_history
 from .plots import OverlayItem, lambda_trajectories, layer_curves, overlay_figure, write_overlays
-from .recorder import record_attention, text_implementation
+from .recorder import LayerMaps, record_attention, text_implementation
 from .shares import ShareAccumulator, image_map, row_shares
 
 OVERLAY_FILE = "attention_overlays.png"
@@ -123,26 +123,11 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
                     right = bool((predicted == batch["input_ids"][b, layout.rows + 1]).all())
                     correct += right
                     record: dict[str, Any] = {"sample_id": q.haystack.sample_id, "question": q.kind,
-                                              "answer": q.answer, "argmax_right": right, "layers": {},
-                                              "prompt_layers": {}}
-                    question_maps: list[tuple[torch.Tensor, torch.Tensor]] = []
-                    for depth, maps in layers.items():
-                        shares = row_shares(maps.effective[b], layout)
-                        sample = q.haystack.sample_id
-                        accumulator.add(depth, "", shares, sample)
-                        prompt = row_shares(maps.effective[b], layout, layout.prompt_rows)
-                        accumulator.add(depth, "prompt_rows", prompt, sample)
-                        record["prompt_layers"][depth] = [round(float(v), 6) for v in prompt.mean(0)]
-                        if maps.branches is not None:
-                            for i, branch in enumerate(maps.branches, 1):
-                                accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout), sample)
-                            accumulator.lambdas[depth] = maps.lam
-                        record["layers"][depth] = [round(float(v), 6) for v in shares.mean(0)]
-                        if q.haystack.sample_id in overlay_ids:
-                            question_maps.append((image_map(maps.effective[b], layout),
-                                                  image_map(maps.effective[b], layout, layout.prompt_rows)))
-                    if question_maps:
-                        overlays.setdefault(q.haystack.sample_id, []).append(question_maps)
+                                              "answer": q.answer, "argmax_right": right}
+                    maps_on_image = measure(layers, b, layout, q.haystack.sample_id, accumulator, record,
+                                            overlay=q.haystack.sample_id in overlay_ids)
+                    if maps_on_image:
+                        overlays.setdefault(q.haystack.sample_id, []).append(maps_on_image)
                     records.append(record)
     finally:
         model.train(was_training)
@@ -152,6 +137,7 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
         "attention/samples": len({q.haystack.sample_id for q in asked}),
         "attention/questions": len(asked),
         "attention/argmax_accuracy": correct / len(asked),
+        # the needle's token count over all image tokens (exactly 1 / (M N^2) when no patch straddles a border)
         "attention/chance_needle_of_image": len(cells[0]) / (tokens_per_image * e.images),
         "attention/straddling_patches": straddling_patches(image_size, patch, e.grid),
         **accumulator.metrics(PREFIX),
@@ -181,6 +167,28 @@ def run_attention(cfg: EvaluateConfig, model: Any, processor: Any, device: str, 
         table.rows.append([record["sample_id"], record["question"], record["answer"], record["argmax_right"],
                            *(v[0] for _, v in sorted(record["layers"].items()))])
     return EvalOutcome(metrics, summary(metrics, out, stacks.directory), {"attention/samples": table}, pictures)
+
+
+def measure(layers: dict[int, LayerMaps], b: int, layout: SampleLayout, sample: int, accumulator: ShareAccumulator,
+            record: dict[str, Any], overlay: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One question (row ``b`` of the batch): every layer's shares into ``accumulator`` and ``record``;
+    with ``overlay``, returns per layer the (answer rows', prompt rows') weights on the image tokens."""
+    record["layers"], record["prompt_layers"] = {}, {}
+    on_image: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for depth, maps in layers.items():
+        answer = row_shares(maps.effective[b], layout)
+        prompt = row_shares(maps.effective[b], layout, layout.prompt_rows)
+        accumulator.add(depth, "", answer, sample)
+        accumulator.add(depth, "prompt_rows", prompt, sample)
+        if maps.branches is not None:
+            for i, branch in enumerate(maps.branches, 1):
+                accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout), sample)
+            accumulator.lambdas[depth] = maps.lam
+        record["layers"][depth] = [round(float(v), 6) for v in answer.mean(0)]
+        record["prompt_layers"][depth] = [round(float(v), 6) for v in prompt.mean(0)]
+        if overlay:
+            on_image.append((image_map(maps.effective[b], layout), image_map(maps.effective[b], layout, layout.prompt_rows)))
+    return on_image
 
 
 def _overlay_item(stacks: Any, haystack: Haystack, per_question: list[list[tuple[torch.Tensor, torch.Tensor]]],

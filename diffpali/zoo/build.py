@@ -1,7 +1,7 @@
 """Build the tiny PaliGemma base: train a tokenizer, then pretrain the whole model.
 
     python -m diffpali.zoo.build --out diffpali/zoo/tiny_paligemma [--device cuda]
-    python -m diffpali.zoo.build --out /tmp/base2 --stage1-from diffpali/zoo/tiny_paligemma --mixture-steps 20000
+    python -m diffpali.zoo.build --out base_with_stage2 --stage1-from diffpali/zoo/tiny_paligemma --mixture-steps 20000
 
 Stage 1 learns easy-vqa questions from scratch (the shipped base: 5,000 steps, about 18 minutes on
 two CPU cores). Stage 2, off by default (``TinySpec.mixture_steps=0``), continues on the multitask

@@ -35,6 +35,13 @@ class EvalOutcome:
 Task = Callable[[EvaluateConfig, Any, Any, str, Path], EvalOutcome]
 
 
+def cache_root(cfg: EvaluateConfig) -> Path:
+    """Where built haystacks and probes are kept: ``eval.cache_dir``, else diffpali's cache folder."""
+    from .model import default_cache_dir
+
+    return Path(cfg.eval.cache_dir).expanduser() if cfg.eval.cache_dir else default_cache_dir()
+
+
 def batch_size(cfg: EvaluateConfig) -> int:
     return cfg.eval.batch_size or cfg.data.eval_batch_size
 

@@ -28,9 +28,8 @@ import torch
 
 from ..config import EvaluateConfig
 from ..data.collate import PaliGemmaCollator, model_inputs, to_device
-from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer
 from ..eval_tasks import EvalOutcome, EvalTable, batch_size
-from ..needle.evaluate import haystack_set, needle_example
+from ..needle.evaluate import haystack_set, needle_example, needle_questions
 from ..needle.haystack import Haystack
 from .layout import SampleLayout, cell_patches, sample_layout, straddling_patches
 from .lambda_history import HISTORY_FILE, read_history
@@ -58,20 +57,9 @@ class Question:
 
 
 def questions(cfg: EvaluateConfig, haystacks: list[Haystack]) -> list[Question]:
-    """MMNeedle's prompts for the positives among ``haystacks``, each with its true answer."""
-    ask = lambda question: cfg.data.prompt.format(question=question)  # noqa: E731 - as run_mmneedle asks
-    out: list[Question] = []
-    for h in haystacks:
-        if h.target is None:
-            continue
-        index, row, col = h.target
-        if cfg.eval.mode == "official":
-            out.append(Question(h, "needle", ask(NEEDLE_PROMPT.format(M=cfg.eval.images, N=cfg.eval.grid, caption=h.caption)),
-                                needle_answer(index, row, col)))
-        else:
-            out.append(Question(h, "row", ask(TOP_BOTTOM_PROMPT.format(caption=h.caption)), ("top", "bottom")[row - 1]))
-            out.append(Question(h, "column", ask(LEFT_RIGHT_PROMPT.format(caption=h.caption)), ("left", "right")[col - 1]))
-    return out
+    """MMNeedle's questions (``needle_questions``) for the positives among ``haystacks``, with their true answers."""
+    return [Question(h, kind, prefix, answer) for h in haystacks if h.target is not None
+            for kind, prefix, answer in needle_questions(cfg, h)]
 
 
 def variant_name(model: Any) -> str:

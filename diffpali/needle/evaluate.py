@@ -8,7 +8,7 @@ from typing import Any
 
 from ..config import EvaluateConfig
 from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer
-from ..eval_tasks import EvalOutcome, EvalTable, batch_size, max_new_tokens
+from ..eval_tasks import EvalOutcome, EvalTable, batch_size, cache_root, max_new_tokens
 from ..generation import generate_for_examples
 from .answers import parse_needle_reply, parse_side
 from .haystack import Haystack, HaystackSet, HaystackSpec, load_or_build
@@ -23,10 +23,6 @@ REPLIES_FILE = "mmneedle_replies.jsonl"
 def model_input_size(processor: Any) -> int:
     size = processor.image_processor.size
     return int(size["height"]) if isinstance(size, dict) else int(size.height)
-
-
-def default_cache_root() -> Path:
-    return Path("~/.cache/diffpali").expanduser()
 
 
 def haystack_set(cfg: EvaluateConfig, processor: Any) -> HaystackSet:
@@ -48,8 +44,20 @@ def haystack_set(cfg: EvaluateConfig, processor: Any) -> HaystackSet:
         negative_fraction=0.0 if e.mode == "paper" else e.negative_fraction,
         seed=e.haystack_seed,
     )
-    root = Path(e.cache_dir).expanduser() if e.cache_dir else default_cache_root()
-    return load_or_build(spec, items, root / "haystacks")
+    return load_or_build(spec, items, cache_root(cfg) / "haystacks")
+
+
+def needle_questions(cfg: EvaluateConfig, haystack: Haystack) -> list[tuple[str, str, str]]:
+    """(kind, prompt, true answer) of each question MMNeedle asks about ``haystack``, through the VQA
+    prompt as the model was fine-tuned: one ``needle`` question in official mode, ``row`` then
+    ``column`` in paper mode. The attention analysis asks exactly these."""
+    ask = cfg.data.prompt.format
+    if cfg.eval.mode == "official":
+        return [("needle", ask(question=NEEDLE_PROMPT.format(M=cfg.eval.images, N=cfg.eval.grid, caption=haystack.caption)),
+                 expected_answer(haystack, "official"))]
+    row, _, col = expected_answer(haystack, "paper").partition(" / ")
+    return [("row", ask(question=TOP_BOTTOM_PROMPT.format(caption=haystack.caption)), row),
+            ("column", ask(question=LEFT_RIGHT_PROMPT.format(caption=haystack.caption)), col)]
 
 
 def needle_example(images: list, prefix: str) -> dict[str, Any]:
@@ -61,21 +69,20 @@ def run_mmneedle(cfg: EvaluateConfig, model: Any, processor: Any, device: str, o
     stacks = haystack_set(cfg, processor)
     haystacks = stacks.haystacks[: e.limit] if e.limit else stacks.haystacks
     images = [stacks.images(h) for h in haystacks]
-    ask = lambda question: cfg.data.prompt.format(question=question)  # noqa: E731 - the VQA prompt, as trained
-    generate = lambda examples, at_least: generate_for_examples(  # noqa: E731
-        model, processor, examples, batch_size=batch_size(cfg), max_new_tokens=max_new_tokens(cfg, at_least),
-        device=device, source="mmneedle")
+    asked = [needle_questions(cfg, h) for h in haystacks]
+
+    def generate(k: int, at_least: int) -> list[str]:
+        """The replies to every haystack's k-th question."""
+        examples = [needle_example(ims, questions[k][1]) for ims, questions in zip(images, asked)]
+        return generate_for_examples(model, processor, examples, batch_size=batch_size(cfg),
+                                     max_new_tokens=max_new_tokens(cfg, at_least), device=device, source="mmneedle")
 
     if e.mode == "official":
-        prompts = [ask(NEEDLE_PROMPT.format(M=e.images, N=e.grid, caption=h.caption)) for h in haystacks]
-        replies = generate([needle_example(ims, p) for ims, p in zip(images, prompts)], 8)
+        replies = generate(0, 8)
         scores = score_official(haystacks, [parse_needle_reply(r) for r in replies], e.grid)
         shown = replies
     else:
-        rows = generate([needle_example(ims, ask(TOP_BOTTOM_PROMPT.format(caption=h.caption)))
-                         for ims, h in zip(images, haystacks)], 2)
-        cols = generate([needle_example(ims, ask(LEFT_RIGHT_PROMPT.format(caption=h.caption)))
-                         for ims, h in zip(images, haystacks)], 2)
+        rows, cols = generate(0, 2), generate(1, 2)
         scores = score_paper(haystacks, [parse_side(r, ("top", "bottom")) for r in rows],
                              [parse_side(c, ("left", "right")) for c in cols])
         shown = [f"{r} / {c}" for r, c in zip(rows, cols)]

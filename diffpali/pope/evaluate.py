@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EvaluateConfig
-from ..eval_tasks import EvalOutcome, EvalTable, batch_size, max_new_tokens
+from ..eval_tasks import EvalOutcome, EvalTable, batch_size, cache_root, max_new_tokens
 from ..generation import generate_for_examples
 from .probes import SETTINGS, Probe, ProbeSet, load_or_build
 from .scoring import METRICS, PopeScores, parse_yes_no, score_pope
@@ -17,10 +17,6 @@ REPLIES_FILE = "pope_replies.jsonl"
 THUMBNAIL = 160  #: longest side, in px, of an image in the W&B table of wrong answers
 
 
-def default_cache_root() -> Path:
-    return Path("~/.cache/diffpali").expanduser()
-
-
 def probe_set(cfg: EvaluateConfig) -> ProbeSet:
     """The probes this config asks for, from the cache when they were built before."""
     e = cfg.eval
@@ -28,8 +24,7 @@ def probe_set(cfg: EvaluateConfig) -> ProbeSet:
         source = coco_source(e.coco_instances, e.coco_images, e.probe_objects)
     else:
         source = easy_vqa_source(e.split, cfg.data.val_fraction)
-    root = Path(e.cache_dir).expanduser() if e.cache_dir else default_cache_root()
-    return load_or_build(source, e.probe_images, e.haystack_seed, root / "pope")
+    return load_or_build(source, e.probe_images, e.haystack_seed, cache_root(cfg) / "pope")
 
 
 def ask(model: Any, processor: Any, cfg: EvaluateConfig, probes: list[Probe], device: str) -> dict[tuple[str, str], str]:

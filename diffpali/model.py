@@ -110,8 +110,9 @@ def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnConfig, f
     return apply_attention(model, attn) + apply_ffn(model, ffn)
 
 
-#: diff_dup (separate) gives each attention a second query/key projection; it is adapted with its twin.
-SECOND_BRANCH = {"q_proj": "q2_proj", "k_proj": "k2_proj"}
+#: diff_dup (separate) turns q_proj/k_proj into a pair of projections (surgery.BranchedProjection);
+#: LoRA adapts each branch, wherever the pair's name is a target.
+BRANCHES = r"(\.branch[12])?"
 
 
 def lora_target_regex(cfg: LoraConfig) -> str:
@@ -119,11 +120,20 @@ def lora_target_regex(cfg: LoraConfig) -> str:
     parts = []
     for tower in cfg.towers:
         names = cfg.text_targets if tower == "text" else cfg.vision_targets
-        names = [*names, *(SECOND_BRANCH[n] for n in names if n in SECOND_BRANCH)]
-        parts.append(rf"{TOWER_PATTERNS[tower]}.*\.({'|'.join(map(re.escape, names))})")
+        parts.append(rf"{TOWER_PATTERNS[tower]}.*\.({'|'.join(map(re.escape, names))}){BRANCHES}")
     if cfg.train_projector:
         parts.append(r"model\.multi_modal_projector\.linear")
     return "^(" + "|".join(parts) + ")$"
+
+
+def lora_targets(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
+    """The linear layers ``lora_target_regex`` names in ``model``, as full module names.
+
+    A list rather than the regex itself: a branched pair is named like the projection it replaced,
+    and only its two linear branches can carry LoRA.
+    """
+    pattern = re.compile(lora_target_regex(cfg))
+    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and pattern.match(name)]
 
 
 def wrap_lora(model: PaliGemmaForConditionalGeneration, cfg: LoraConfig, modules_to_save: list[str] | None = None) -> PeftModel:
@@ -132,7 +142,7 @@ def wrap_lora(model: PaliGemmaForConditionalGeneration, cfg: LoraConfig, modules
         r=cfg.rank,
         lora_alpha=cfg.alpha,
         lora_dropout=cfg.dropout,
-        target_modules=lora_target_regex(cfg),
+        target_modules=lora_targets(model, cfg),
         modules_to_save=modules_to_save or None,
         bias="none",
     )
@@ -149,11 +159,11 @@ def build_model(
 
 
 VARIANTS_FILE = "diffpali.json"
-#: Frozen tensors a variant created (diff_dup separate: Q2/K2, noisy copies of Q/K). peft saves only
+#: Frozen tensors a variant created (diff_dup separate: the Q2/K2 branches, noisy copies of Q/K). peft saves only
 #: what trains, and rebuilding them from the RNG would tie a saved adapter to the run's seed.
 VARIANT_WEIGHTS_FILE = "variant_weights.safetensors"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-_FROZEN_COPY = re.compile(r"\.(q2_proj|k2_proj)\.(base_layer\.)?(weight|bias)$")
+_FROZEN_COPY = re.compile(r"\.(q_proj|k_proj)\.branch2\.(base_layer\.)?(weight|bias)$")
 
 
 def frozen_variant_names(model: torch.nn.Module) -> list[str]:

@@ -5,11 +5,12 @@ tower with ``set_attn_implementation``. The name is not saved in ``config.json``
 that builds or reloads a model must run :func:`apply_attention` (or at least
 :func:`ensure_registered`, which importing this module also does).
 
-``diff_dup`` with ``dup_mode=separate`` also needs Q2/K2 from projections of its own. Those
-attention modules get a forward that computes ``[Q1; Q2]`` and ``[K1; K2]`` as extra heads: the
-stock rotary then rotates K2 like K1, and the stock KV cache (a ``DynamicCache`` concatenates
-along the sequence only) stores K2 beside K1 with no second cache. A static/preallocated cache,
-sized for the config's KV heads, is not supported in that mode.
+``diff_dup`` with ``dup_mode=separate`` also needs Q2/K2 from projections of its own. Their
+``q_proj``/``k_proj`` become :class:`BranchedProjection` modules that return ``[Q1; Q2]`` and
+``[K1; K2]`` as extra heads, and the attention module keeps its stock forward: the rotary rotates
+K2 like K1, and the stock KV cache (a ``DynamicCache`` concatenates along the sequence only)
+stores K2 beside K1, whatever the installed transformers calls the cache argument. A
+static/preallocated cache, sized for the config's KV heads, is not supported in that mode.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.gemma.modeling_gemma import GemmaAttention, apply_rotary_pos_emb
+from transformers.models.gemma.modeling_gemma import GemmaAttention
 from transformers.models.siglip.modeling_siglip import SiglipAttention
 
 from .attention import (
@@ -71,83 +71,22 @@ def implementation_name(cfg: AttnConfig) -> str:
     return f"diffpali_diff_dup_{cfg.dup_mode}"
 
 
-class SeparateBranchGemmaAttention(GemmaAttention):
-    """Gemma attention with a second query/key branch from its own ``q2_proj``/``k2_proj``.
+class BranchedProjection(nn.Module):
+    """A query or key projection that also computes the second branch: ``[x W; x W2]``.
 
-    Same as the stock forward except that Q2, K2 ride along as extra heads, so they are rotated
-    with the same cos/sin and cached by the stock cache (see the module docstring).
+    It takes the place of ``q_proj``/``k_proj`` inside a stock attention module, so the stock
+    forward views the doubled width as twice the heads: the rotary rotates Q2/K2 with the same
+    cos/sin as Q1/K1, and whatever cache argument the installed transformers passes stores K2 beside
+    K1. ``branch1`` is the pretrained projection, ``branch2`` its copy; both are LoRA targets.
     """
 
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor],
-        attention_mask: torch.Tensor | None = None,
-        past_key_values=None,
-        **kwargs,
-    ) -> tuple[torch.Tensor, None]:
-        query, key, value = _branch_heads(self, hidden_states)
-        input_shape = hidden_states.shape[:-1]
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb(query, key, cos, sin)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, self.layer_idx)
-        attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            dropout=0.0 if not self.training else self.attention_dropout,
-            scaling=self.scaling,
-            **kwargs,
-        )
-        return self.o_proj(output.reshape(*input_shape, -1).contiguous()), weights
+    def __init__(self, branch1: nn.Module, branch2: nn.Module):
+        super().__init__()
+        self.branch1 = branch1
+        self.branch2 = branch2
 
-
-class SeparateBranchSiglipAttention(SiglipAttention):
-    """SigLIP attention with a second query/key branch from its own ``q2_proj``/``k2_proj``."""
-
-    def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> tuple[torch.Tensor, None]:
-        query, key, value = _branch_heads(self, hidden_states)
-        input_shape = hidden_states.shape[:-1]
-        attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-        output, weights = attention(
-            self,
-            query,
-            key,
-            value,
-            attention_mask,
-            is_causal=self.is_causal,
-            scaling=self.scale,
-            dropout=0.0 if not self.training else self.dropout,
-        )
-        return self.out_proj(output.reshape(*input_shape, -1).contiguous()), weights
-
-
-SEPARATE_BRANCH_CLASSES: dict[type[nn.Module], type[nn.Module]] = {
-    GemmaAttention: SeparateBranchGemmaAttention,
-    SiglipAttention: SeparateBranchSiglipAttention,
-}
-
-
-def _branch_heads(module: nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[Q1; Q2], [K1; K2] and V as (batch, heads, seq, head_dim).
-
-    Each pair of projections is concatenated in the feature dim, so a view by head_dim turns the
-    second branch into extra heads.
-    """
-    hidden_shape = (*hidden_states.shape[:-1], -1, module.head_dim)
-
-    def heads(projected: torch.Tensor) -> torch.Tensor:
-        return projected.view(hidden_shape).transpose(1, 2)
-
-    query = heads(torch.cat([module.q_proj(hidden_states), module.q2_proj(hidden_states)], dim=-1))
-    key = heads(torch.cat([module.k_proj(hidden_states), module.k2_proj(hidden_states)], dim=-1))
-    return query, key, heads(module.v_proj(hidden_states))
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.branch1(hidden_states), self.branch2(hidden_states)], dim=-1)
 
 
 def attention_modules(model: nn.Module, tower: str) -> list[tuple[str, nn.Module]]:
@@ -191,9 +130,9 @@ def _convert(name: str, module: nn.Module, depth: int, cfg: AttnConfig) -> list[
         module.diff_norm = HeadRMSNorm(module.head_dim, lambda_init, device)
         saved.append("diff_norm")
     if cfg.variant == "diff_dup" and cfg.dup_mode == "separate":
-        module.q2_proj = _noisy_copy(module.q_proj, cfg.branch_noise, f"{name}.q2_proj")
-        module.k2_proj = _noisy_copy(module.k_proj, cfg.branch_noise, f"{name}.k2_proj")
-        module.__class__ = SEPARATE_BRANCH_CLASSES[type(module)]
+        # the noise seeds keep the names the second branch had when it was a sibling (q2_proj, k2_proj)
+        module.q_proj = BranchedProjection(module.q_proj, _noisy_copy(module.q_proj, cfg.branch_noise, f"{name}.q2_proj"))
+        module.k_proj = BranchedProjection(module.k_proj, _noisy_copy(module.k_proj, cfg.branch_noise, f"{name}.k2_proj"))
     return saved
 
 
@@ -202,8 +141,8 @@ def apply_attention(model: nn.Module, cfg: AttnConfig) -> list[str]:
 
     Returns the child-module names peft must train and save whole (``modules_to_save``):
     ``diff_lambda`` and, with ``head_norm``, ``diff_norm``. In ``dup_mode=separate`` the new
-    ``q2_proj``/``k2_proj`` are frozen copies meant to receive LoRA adapters like q_proj/k_proj;
-    they are not returned here. ``vanilla`` touches nothing and returns [].
+    ``q_proj.branch2``/``k_proj.branch2`` are frozen copies meant to receive LoRA adapters like
+    the pretrained ``branch1``; they are not returned here. ``vanilla`` touches nothing and returns [].
     """
     if cfg.variant == "vanilla":
         return []

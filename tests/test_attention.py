@@ -48,7 +48,7 @@ def attn(**fields) -> AttnConfig:
 
 
 def lora_config() -> LoraConfig:
-    """The default LoRA targets: q2_proj/k2_proj are adapted wherever q_proj/k_proj are."""
+    """The default LoRA targets: both branches of a branched q_proj/k_proj are adapted."""
     return LoraConfig(rank=4, alpha=8.0)
 
 
@@ -117,10 +117,12 @@ def prefix_lm_allowed(batch: dict) -> torch.Tensor:
 def reference_attention(module, hidden, rotary, allowed, cfg: AttnConfig, depth: int) -> torch.Tensor:
     """Differential attention written out: explicit softmax maps, gathered halves, repeated KV heads."""
     dim = module.head_dim
-    q, k, v = (to_heads(proj(hidden), dim) for proj in (module.q_proj, module.k_proj, module.v_proj))
+    separate = cfg.variant == "diff_dup" and cfg.dup_mode == "separate"
+    q_proj, k_proj = (module.q_proj.branch1, module.k_proj.branch1) if separate else (module.q_proj, module.k_proj)
+    q, k, v = (to_heads(proj(hidden), dim) for proj in (q_proj, k_proj, module.v_proj))
     q2, k2 = q, k
-    if cfg.variant == "diff_dup" and cfg.dup_mode == "separate":
-        q2, k2 = to_heads(module.q2_proj(hidden), dim), to_heads(module.k2_proj(hidden), dim)
+    if separate:
+        q2, k2 = to_heads(module.q_proj.branch2(hidden), dim), to_heads(module.k_proj.branch2(hidden), dim)
     if rotary is not None:
         cos, sin = (t.unsqueeze(1) for t in rotary)
         q, k, q2, k2 = (rotate(t, cos, sin) for t in (q, k, q2, k2))
@@ -291,7 +293,7 @@ def test_lambda_and_both_branches_get_gradients_only_when_separate(tiny_model, t
         else:
             for tower in ("language_model", "vision_tower.encoder"):
                 # Branch 2's gradient is -lambda times branch 1's at init: both real, neither ~0.
-                first, second = lora_b_grad(peft_model, tower, "q_proj"), lora_b_grad(peft_model, tower, "q2_proj")
+                first, second = (lora_b_grad(peft_model, tower, f"q_proj.branch{b}") for b in (1, 2))
                 assert first > 1e-4 and second > 0.02 * first
         optimizer.step()
         after_step[mode] = lambda_gradients(peft_model, tiny_batch).abs().max()
@@ -306,7 +308,7 @@ def test_exact_setting_reproduces_pretrained_logits(tiny_model, tiny_batch):
     inputs = model_inputs(tiny_batch, with_labels=False)
     pretrained = logits(tiny_model, inputs)
     model = converted(tiny_model, **EXACT)
-    assert type(attention_modules(model, "text")[0][1]).__name__ == "SeparateBranchGemmaAttention"
+    assert type(attention_modules(model, "text")[0][1].q_proj).__name__ == "BranchedProjection"
     torch.testing.assert_close(logits(model, inputs), pretrained, rtol=0, atol=1e-6)
 
 
@@ -388,7 +390,7 @@ def test_lora_trains_saves_and_reloads(tiny_model, tiny_batch, tiny_processor, t
     model.save_pretrained(tmp_path)
     keys = load_file(tmp_path / "adapter_model.safetensors").keys()
     expected = {"diff_lambda", "diff_norm"} if variant != "vanilla" else set()
-    expected |= {"q2_proj.lora_A", "k2_proj.lora_B"} if variant == "dup_separate" else set()
+    expected |= {"q_proj.branch2.lora_A", "k_proj.branch2.lora_B"} if variant == "dup_separate" else set()
     assert all(any(part in key for key in keys) for part in expected), sorted(keys)[:8]
 
     torch.manual_seed(0)  # the fixture's base, rebuilt

@@ -1,4 +1,4 @@
-"""Cost of differential attention: a LoRA training step at real PaliGemma widths, vanilla vs diff.
+"""Cost of differential attention: a LoRA training step at real PaliGemma widths, vanilla vs diff; KV-cache size.
 
     python benchmarks/attention_overhead.py [--layers 1] [--repeats 5] [--device cpu|cuda]
 
@@ -8,7 +8,8 @@ depth and with a small vocabulary (the LM head is the same for every variant). S
 variants live in one process and take their steps in turn, round after round, so a slow moment of
 the machine hits every variant alike; each time is the median over ``--repeats`` rounds after one
 warm-up. Peak memory: each variant once more in a subprocess of its own. Ratios are against vanilla
-from the same invocation; absolute times only mean something on a GPU.
+from the same invocation; absolute times only mean something on a GPU. KV-cache bytes per token:
+the cache a prefill leaves, divided by the sequence length (every variant of VARIANTS, measured).
 """
 
 from __future__ import annotations
@@ -23,17 +24,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {
-    "vanilla": {"variant": "vanilla"},
-    "diff_split": {"variant": "diff_split"},
-    "diff_dup (separate)": {"variant": "diff_dup", "dup_mode": "separate"},
-    "diff_dup (shared)": {"variant": "diff_dup", "dup_mode": "shared"},
-}
+sys.path.insert(0, str(ROOT))
+
+from diffpali.attention import VARIANTS as REGISTRY  # noqa: E402
+
+VARIANTS = {v.display_name(): dict(v.selects) for v in REGISTRY.values()}
 
 
 def build_step(attn: dict, layers: int, device: str):
-    """A closure running one LoRA training step of the variant; returns (step, sequence length)."""
-    sys.path.insert(0, str(ROOT))
+    """A closure running one LoRA training step of the variant; returns (step, sequence length, cache bytes per token)."""
     import torch
     from PIL import Image
     from transformers import PaliGemmaForConditionalGeneration
@@ -72,14 +71,19 @@ def build_step(attn: dict, layers: int, device: str):
             torch.cuda.synchronize()
         return time.perf_counter() - started
 
-    return step, int(batch["input_ids"].shape[1])
+    with torch.no_grad():
+        prefill = model(**model_inputs(batch, with_labels=False), use_cache=True)
+    layers_cached = prefill.past_key_values.layers
+    cache_bytes = sum(t.numel() * t.element_size() for layer in layers_cached for t in (layer.keys, layer.values))
+    length = int(batch["input_ids"].shape[1])
+    return step, length, cache_bytes / (length * batch["input_ids"].shape[0])
 
 
 def peak_memory(attn: dict, layers: int, device: str) -> int:
     """Peak bytes of one variant alone (GPU: max allocated; CPU: max RSS of this process)."""
     import torch
 
-    step, _ = build_step(attn, layers, device)
+    step, _, _ = build_step(attn, layers, device)
     step()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -110,22 +114,25 @@ def main() -> None:
     steps = {name: build_step(attn, args.layers, args.device) for name, attn in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for round_ in range(args.repeats + 1):
-        for name, (step, _) in steps.items():
+        for name, (step, _, _) in steps.items():
             seconds = step()
             if round_:  # round 0 warms up
                 times[name].append(seconds)
     sequence = next(iter(steps.values()))[1]
-    del steps
     for name in VARIANTS:
         results[name]["seconds"] = statistics.median(times[name])
+        results[name]["cache_bytes_per_token"] = steps[name][2]
+    del steps
     base = results["vanilla"]
     memory = "max allocated" if args.device == "cuda" else "max RSS"
     print(f"LoRA training step, PaliGemma 3B widths, {args.layers} layer(s) per tower, batch 2, "
           f"sequence {sequence}, {args.device}, median of {args.repeats} interleaved rounds")
-    print(f"{'variant':<22}{'step s':>9}{'x vanilla':>11}{'peak MiB (' + memory + ')':>26}{'x vanilla':>11}")
+    print(f"{'variant':<22}{'step s':>9}{'x vanilla':>11}{'peak MiB (' + memory + ')':>26}{'x vanilla':>11}"
+          f"{'KV cache B/token':>18}{'x vanilla':>11}")
     for name, r in results.items():
         print(f"{name:<22}{r['seconds']:>9.3f}{r['seconds'] / base['seconds']:>11.3f}"
-              f"{r['peak_bytes'] / 2**20:>26.0f}{r['peak_bytes'] / base['peak_bytes']:>11.3f}")
+              f"{r['peak_bytes'] / 2**20:>26.0f}{r['peak_bytes'] / base['peak_bytes']:>11.3f}"
+              f"{r['cache_bytes_per_token']:>18.0f}{r['cache_bytes_per_token'] / base['cache_bytes_per_token']:>11.3f}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffpali.model import SHIPPED_TINY_DIR  # noqa: E402
-from diffpali.zoo.build import question_only_baseline  # noqa: E402
+from diffpali.data.easy_vqa import question_only_baseline  # noqa: E402
 
 
 def main() -> None:

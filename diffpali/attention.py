@@ -1,29 +1,47 @@
-"""Differential attention (paper section 3, eqs. 2-6): the lambda, the per-head norm, the kernels.
+"""Attention variants on pretrained weights: the shared parts, one class per variant, and ``VARIANTS``.
 
-Model-side math only. Each kernel has the signature of a transformers ``AttentionInterface``
-function, ``(module, query, key, value, attention_mask, *, scaling, dropout, **kwargs)``, and runs
-two ``scaled_dot_product_attention`` calls through transformers' own SDPA wrapper, so masks,
-``is_causal`` and grouped KV heads behave exactly as in the stock ``sdpa`` path and no N x N
-attention matrix is built. The per-layer parts live in child modules of the attention module:
-``diff_lambda`` (:class:`DiffLambda`) and, when enabled, ``diff_norm`` (:class:`HeadRMSNorm`).
-They are always *called*, never read attribute by attribute, because peft's ``modules_to_save``
-replaces them with wrappers that forward calls to the trained copy.
+Differential attention (paper section 3, eqs. 2-6; Differential Transformer V2 for ``diff_v2``) in
+model-side math only. A variant class says three things:
+
+- ``attach``: what it adds to one pretrained attention module (lambda, head norm, a second query or
+  key branch) and which of those children train and are saved whole (peft ``modules_to_save``);
+- ``frozen``: name patterns of the frozen tensors it creates, which are saved beside the adapter;
+- ``kernel``: how the layer's output is computed from Q, K, V, given an ``attend`` function that
+  returns softmax(Q K^T s) V. The fast path passes transformers' SDPA wrapper (masks, ``is_causal``
+  and grouped KV heads as in the stock ``sdpa`` path, no N x N matrix); the attention recorder passes
+  an eager function that also keeps the maps. Both run the same kernel.
+
+Per-layer parts are child modules of the attention module and are always *called*, never read
+attribute by attribute, because peft's ``modules_to_save`` replaces them with wrappers that forward
+calls to the trained copy. Adding a variant: one class here, one ``conf/attn/*.yaml``, one branch of
+the test oracle (``docs/design.md`` walks through an example).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import zlib
+from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .config import AttnConfig
 
 HEAD_NORM_EPS = 1e-5
+#: Seed of the symmetry-breaking noise on second branches (mixed with each copy's name): fixed, so a
+#: fresh base plus the variant rebuilds the same frozen copies a saved adapter was trained on.
+BRANCH_NOISE_SEED = 0x5EED
+
+#: ``attend(query, key, value, mask, scaling) -> (batch, seq, heads, dim)``: one softmax(Q K^T s) V.
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], float], torch.Tensor]
 
 
+# ---------------------------------------------------------------------------------------------
+# shared parts
+# ---------------------------------------------------------------------------------------------
 def lambda_init_for(layer_index: int, cfg: AttnConfig) -> float:
     """lambda_init of the layer at 0-based ``layer_index`` in its tower (eq. 4).
 
@@ -78,6 +96,17 @@ class HeadRMSNorm(nn.Module):
             return normed * self.scale
 
 
+def differential(module: nn.Module, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """(A1 V - lambda A2 V), then the optional per-head norm, in float32; back in the input dtype."""
+    lam = module.diff_lambda()
+    with torch.autocast(first.device.type, enabled=False):
+        heads = first.float() - lam * second.float()
+    norm = getattr(module, "diff_norm", None)
+    if norm is not None:
+        heads = norm(heads)
+    return heads.to(first.dtype)
+
+
 def split_halves(head_dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """0/1 masks over a head's channels selecting the two D/2-dim halves of ``diff_split``.
 
@@ -96,62 +125,308 @@ def split_halves(head_dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch
     return first, 1 - first
 
 
-def _sdpa(module: nn.Module, query, key, value, mask, scaling: float, dropout: float, **kwargs) -> torch.Tensor:
-    """One softmax(Q K^T s) V through transformers' SDPA wrapper; returns (batch, seq, heads, dim)."""
-    output, _ = sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
-    return output
+def noisy_copy(linear: nn.Module, relative_std: float, name: str) -> nn.Module:
+    """A copy of a pretrained projection plus noise of std ``relative_std`` x its weights' RMS.
 
-
-def _differential(module: nn.Module, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """(A1 V - lambda A2 V), then the optional per-head norm, in float32; back in the input dtype."""
-    lam = module.diff_lambda()
-    with torch.autocast(first.device.type, enabled=False):
-        heads = first.float() - lam * second.float()
-    norm = getattr(module, "diff_norm", None)
-    if norm is not None:
-        heads = norm(heads)
-    return heads.to(first.dtype)
-
-
-def diff_split_attention(
-    module: nn.Module, query, key, value, attention_mask, *, scaling: float, dropout: float = 0.0, **kwargs
-) -> tuple[torch.Tensor, None]:
-    """``diff_split`` (eq. 2): each pretrained head gives Q1,K1 and Q2,K2 of dim D/2; V keeps dim D.
-
-    q1 . k1 over the first half equals q . (k * mask1) over the whole head, so zeroing the other
-    half of K lets each branch run as an ordinary SDPA with equal q/k/v head dims (every fused
-    kernel accepts it) and no gather. The scale is that of dim D/2: sqrt(2) times the module's.
+    The noise breaks the symmetry between two branches from the first step. It comes from a
+    generator seeded by the copy's name, not the global RNG, so it is the same in every process.
     """
-    first, second = split_halves(key.shape[-1], key)
-    half_scaling = scaling * math.sqrt(2.0)
-    attn1 = _sdpa(module, query, key * first, value, attention_mask, half_scaling, dropout, **kwargs)
-    attn2 = _sdpa(module, query, key * second, value, attention_mask, half_scaling, dropout, **kwargs)
-    return _differential(module, attn1, attn2), None
+    twin = copy.deepcopy(linear)
+    if relative_std > 0:
+        generator = torch.Generator().manual_seed(BRANCH_NOISE_SEED ^ zlib.crc32(name.encode()))
+        weight = twin.weight
+        noise = torch.randn(weight.shape, generator=generator).to(weight)
+        with torch.no_grad():
+            weight.add_(noise * relative_std * weight.float().pow(2).mean().sqrt().to(weight.dtype))
+    return twin
 
 
-def diff_dup_shared_attention(
-    module: nn.Module, query, key, value, attention_mask, *, scaling: float, dropout: float = 0.0, **kwargs
-) -> tuple[torch.Tensor, None]:
-    """``diff_dup`` with ``dup_mode=shared`` (eq. 5 as the paper's code does it): Q2,K2 are Q1,K1.
+class BranchedProjection(nn.Module):
+    """A query or key projection that also computes a second branch from a copy of its weights.
 
-    Both maps are the same tensor, so one SDPA call gives both and the output is (1 - lambda)
-    softmax(Q K^T s) V; the head norm then cancels (1 - lambda) and lambda is inert (kept to
-    reproduce the paper and show exactly that).
+    It takes the place of ``q_proj``/``k_proj`` inside a stock attention module, so the stock
+    forward views the doubled width as twice the heads: the rotary rotates the second branch with
+    the same cos/sin, and whatever cache argument the installed transformers passes stores a second
+    key beside the first. ``branch1`` is the pretrained projection, ``branch2`` its copy; both are LoRA
+    targets. ``interleave``: heads come as (1, 2, 1, 2, ...) per head instead of all of 1 then all of 2.
     """
-    attn = _sdpa(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    return _differential(module, attn, attn), None
+
+    def __init__(self, branch1: nn.Module, branch2: nn.Module, head_dim: int, interleave: bool = False):
+        super().__init__()
+        self.branch1 = branch1
+        self.branch2 = branch2
+        self.head_dim = head_dim
+        self.interleave = interleave
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        first, second = self.branch1(hidden_states), self.branch2(hidden_states)
+        if not self.interleave:
+            return torch.cat([first, second], dim=-1)
+        heads = (*first.shape[:-1], -1, self.head_dim)
+        return torch.stack([first.view(heads), second.view(heads)], dim=-2).flatten(-3)
 
 
-def diff_dup_separate_attention(
-    module: nn.Module, query, key, value, attention_mask, *, scaling: float, dropout: float = 0.0, **kwargs
-) -> tuple[torch.Tensor, None]:
-    """``diff_dup`` with ``dup_mode=separate``: Q2,K2 come from the module's own q2/k2 projections.
+# ---------------------------------------------------------------------------------------------
+# the variants
+# ---------------------------------------------------------------------------------------------
+class AttentionVariant:
+    """Base class: a named way of computing attention from a pretrained module (see the module docstring)."""
 
-    The module's forward passes them as extra heads, ``query = [Q1; Q2]`` (2 x heads) and
-    ``key = [K1; K2]`` (2 x KV heads), which is how K2 reaches the KV cache; values are shared.
+    #: attn.* config values that select this variant, e.g. {"variant": "diff_dup", "dup_mode": "separate"}
+    selects: ClassVar[dict[str, str]]
+    label: ClassVar[str]  #: Table 1's "diff attn" column
+    frozen: ClassVar[tuple[str, ...]] = ()  #: regexes of frozen tensor names the variant creates
+    differential: ClassVar[bool] = True
+
+    @classmethod
+    def key(cls) -> str:
+        """Unique id: the selecting values joined, ``diff_dup_separate``; the registered kernel's name suffix."""
+        return "_".join(cls.selects.values())
+
+    @classmethod
+    def display_name(cls) -> str:
+        """For plots, tables and benchmarks: ``diff_dup (separate)``."""
+        variant, *modes = cls.selects.values()
+        return variant + (f" ({', '.join(modes)})" if modes else "")
+
+    @classmethod
+    def tags(cls) -> list[str]:
+        """W&B tags: ``attn=diff_dup``, ``dup_mode=separate``."""
+        return [f"{'attn' if k == 'variant' else k}={v}" for k, v in cls.selects.items()]
+
+    @classmethod
+    def attach(cls, name: str, module: nn.Module, depth: int, cfg: AttnConfig) -> list[str]:
+        """Add the variant's parts to one attention module; returns the children peft must save whole."""
+        lambda_init = lambda_init_for(depth, cfg)
+        device = module.v_proj.weight.device
+        module.diff_lambda = DiffLambda(cls.branch_dim(module), lambda_init, cfg.lambda_std, cfg.lambda_pairs == "tied", device)
+        saved = ["diff_lambda"]
+        if cfg.head_norm:
+            module.diff_norm = HeadRMSNorm(module.head_dim, lambda_init, device)
+            saved.append("diff_norm")
+        return saved
+
+    @classmethod
+    def branch_dim(cls, module: nn.Module) -> int:
+        return module.head_dim
+
+    @staticmethod
+    def kernel(module: nn.Module, query, key, value, mask, scaling: float, attend: Attend) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def combine_maps(module: nn.Module, maps: list[torch.Tensor]) -> tuple[torch.Tensor, Optional[tuple], Any]:
+        """(effective map, the two branch maps, lambda) from the maps ``attend`` computed, in call order."""
+        attn1, attn2 = maps
+        with torch.no_grad():
+            lam = float(module.diff_lambda())
+        return attn1 - lam * attn2, (attn1, attn2), lam
+
+    @staticmethod
+    def lambda_summary(module: nn.Module) -> dict[str, float]:
+        """This layer's lambda for logging: {"": value}, or {"": mean, "std": spread} when it varies by token."""
+        with torch.no_grad():
+            return {"": float(module.diff_lambda())}
+
+
+class Vanilla(AttentionVariant):
+    """The pretrained attention, untouched: the stock ``sdpa`` path, nothing attached."""
+
+    selects = {"variant": "vanilla"}
+    label = "no"
+    differential = False
+
+    @classmethod
+    def attach(cls, name, module, depth, cfg) -> list[str]:
+        return []
+
+    @staticmethod
+    def kernel(module, query, key, value, mask, scaling, attend):
+        return attend(query, key, value, mask, scaling)
+
+    @staticmethod
+    def combine_maps(module, maps):
+        return maps[0], None, None
+
+
+class DiffSplit(AttentionVariant):
+    """Eq. 2 on pretrained heads: each head of dim D gives Q1,K1 and Q2,K2 of dim D/2; V keeps D.
+
+    q1 . k1 over the first half equals q . (k * mask1) over the whole head, so zeroing the other half
+    of K lets each branch run as an ordinary SDPA with equal q/k/v head dims and no gather. The scale
+    is that of dim D/2: sqrt(2) times the module's.
     """
-    query1, query2 = query.chunk(2, dim=1)
-    key1, key2 = key.chunk(2, dim=1)
-    attn1 = _sdpa(module, query1, key1, value, attention_mask, scaling, dropout, **kwargs)
-    attn2 = _sdpa(module, query2, key2, value, attention_mask, scaling, dropout, **kwargs)
-    return _differential(module, attn1, attn2), None
+
+    selects = {"variant": "diff_split"}
+    label = "yes (original)"
+
+    @classmethod
+    def branch_dim(cls, module):
+        return module.head_dim // 2
+
+    @staticmethod
+    def kernel(module, query, key, value, mask, scaling, attend):
+        first, second = split_halves(key.shape[-1], key)           # (D,) 0/1 masks, whole rotary pairs
+        half_scaling = scaling * math.sqrt(2.0)                    # 1 / sqrt(D/2)
+        attn1 = attend(query, key * first, value, mask, half_scaling)   # softmax(Q1 K1^T s) V
+        attn2 = attend(query, key * second, value, mask, half_scaling)  # softmax(Q2 K2^T s) V
+        return differential(module, attn1, attn2)
+
+
+class DiffDupShared(AttentionVariant):
+    """Eq. 5 as the paper's code does it: Q2,K2 are Q1,K1, so the output is (1 - lambda) softmax(Q K^T s) V.
+
+    The head norm then cancels (1 - lambda) and lambda is inert: kept to reproduce the paper and to
+    show exactly that. One SDPA call gives both (identical) maps.
+    """
+
+    selects = {"variant": "diff_dup", "dup_mode": "shared"}
+    label = "yes (dup, shared)"
+
+    @staticmethod
+    def kernel(module, query, key, value, mask, scaling, attend):
+        attn = attend(query, key, value, mask, scaling)            # (B, T, H, D)
+        return differential(module, attn, attn)
+
+    @staticmethod
+    def combine_maps(module, maps):
+        return AttentionVariant.combine_maps(module, [maps[0], maps[0]])
+
+
+class DiffDupSeparate(AttentionVariant):
+    """Eq. 5 with branches that can diverge: Q2,K2 come from copies of the pretrained Q,K projections
+    (plus ``attn.branch_noise``) with LoRA adapters of their own; values are shared.
+
+    ``q_proj``/``k_proj`` become :class:`BranchedProjection`, so Q2 and K2 arrive as extra heads,
+    ``query = [Q1; Q2]`` (2H heads) and ``key = [K1; K2]`` (2 x KV heads): K2 is cached beside K1.
+    """
+
+    selects = {"variant": "diff_dup", "dup_mode": "separate"}
+    label = "yes (dup, separate)"
+    frozen = (r"\.(q_proj|k_proj)\.branch2\.(base_layer\.)?(weight|bias)$",)
+
+    @classmethod
+    def attach(cls, name, module, depth, cfg) -> list[str]:
+        saved = super().attach(name, module, depth, cfg)
+        # the noise seeds keep the names the second branch had when it was a sibling (q2_proj, k2_proj)
+        for proj in ("q_proj", "k_proj"):
+            pretrained = getattr(module, proj)
+            twin = noisy_copy(pretrained, cfg.branch_noise, f"{name}.{proj[0]}2_proj")
+            setattr(module, proj, BranchedProjection(pretrained, twin, module.head_dim))
+        return saved
+
+    @staticmethod
+    def kernel(module, query, key, value, mask, scaling, attend):
+        query1, query2 = query.chunk(2, dim=1)                     # (B, H, T, D) each
+        key1, key2 = key.chunk(2, dim=1)                           # (B, H_kv, T, D) each
+        attn1 = attend(query1, key1, value, mask, scaling)
+        attn2 = attend(query2, key2, value, mask, scaling)
+        return differential(module, attn1, attn2)
+
+
+class TokenLambda(nn.Module):
+    """DIFF V2's lambda per token and head: sigmoid(x W + b), times a per-head ``gate``.
+
+    ``init="plain"``: the authors' projection, W = 0, b = 0, gate 1, so lambda = sigmoid(0) = 0.5
+    everywhere at init. ``init="exact"``: the same, but the gate starts at 0, so lambda = 0 and the
+    layer computes the pretrained attention exactly; the gate's gradient, -sigmoid(.) <dL/dout, A2 V>,
+    is not zero, so lambda leaves 0 at the first step. Float32, autocast off, as every lambda here.
+    """
+
+    def __init__(self, width: int, heads: int, init: str, device: torch.device | None = None):
+        super().__init__()
+        self.proj = nn.Linear(width, heads, device=device, dtype=torch.float32)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        self.gate = nn.Parameter(torch.full((heads,), 0.0 if init == "exact" else 1.0, device=device))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            return torch.sigmoid(self.proj(hidden_states.float())) * self.gate
+
+
+class QueryWithLambda(BranchedProjection):
+    """V2's query side: interleaved Q1/Q2 heads, and lambda computed from the same input x.
+
+    transformers hands the attention function Q, K and V only, not x; lambda is a function of x, so
+    it is computed here, where x is, and kept (``last_lambda``, (B, T, H)) for the kernel of this
+    very forward to read.
+    """
+
+    def __init__(self, branch1, branch2, head_dim: int, diff_lambda: TokenLambda):
+        super().__init__(branch1, branch2, head_dim, interleave=True)
+        self.diff_lambda = diff_lambda
+        self.last_lambda: Optional[torch.Tensor] = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        self.last_lambda = self.diff_lambda(hidden_states)
+        return super().forward(hidden_states)
+
+
+class DiffV2(AttentionVariant):
+    """Differential Transformer V2: doubled query heads sharing their GQA group's K and V, one SDPA call,
+    out = A[:, 0::2] V - lambda(x) A[:, 1::2] V with lambda = sigmoid(x W_lambda) per token and head;
+    no head norm, no lambda_init schedule, a KV cache the size of vanilla's.
+
+    Query head 2i is the pretrained head i, 2i+1 a copy (plus ``attn.branch_noise``) with its own
+    LoRA; both sit in head i's GQA group (Gemma 2B: the single KV head; SigLIP: head i's own K, V).
+    """
+
+    selects = {"variant": "diff_v2"}
+    label = "yes (V2)"
+    frozen = (r"\.q_proj\.branch2\.(base_layer\.)?(weight|bias)$",)
+
+    @classmethod
+    def attach(cls, name, module, depth, cfg) -> list[str]:
+        heads = module.q_proj.out_features // module.head_dim
+        width = module.q_proj.in_features
+        device = module.q_proj.weight.device
+        twin = noisy_copy(module.q_proj, cfg.branch_noise, f"{name}.q2_proj")
+        module.q_proj = QueryWithLambda(module.q_proj, twin, module.head_dim, TokenLambda(width, heads, cfg.v2_lambda_init, device))
+        kv_heads = module.k_proj.out_features // module.head_dim
+        module.num_key_value_groups = 2 * heads // kv_heads        # read by the SDPA wrapper to repeat K, V
+        return ["diff_lambda"]
+
+    @staticmethod
+    def kernel(module, query, key, value, mask, scaling, attend):
+        attn = attend(query, key, value, mask, scaling)            # (B, T, 2H, D): both maps, one call
+        lam = module.q_proj.last_lambda                            # (B, T, H), float32
+        with torch.autocast(attn.device.type, enabled=False):
+            out = attn[:, :, 0::2].float() - lam[..., None] * attn[:, :, 1::2].float()
+        return out.to(attn.dtype)
+
+    @staticmethod
+    def combine_maps(module, maps):
+        attn = maps[0]                                             # (B, 2H, Tq, Tk)
+        lam = module.q_proj.last_lambda.detach().float().transpose(1, 2)[..., None]  # (B, H, Tq, 1)
+        attn1, attn2 = attn[:, 0::2], attn[:, 1::2]
+        return attn1 - lam * attn2, (attn1, attn2), lam.squeeze(-1)
+
+    @staticmethod
+    def lambda_summary(module):
+        lam = module.q_proj.last_lambda
+        if lam is None:
+            return {}
+        lam = lam.detach().float()
+        return {"": float(lam.mean()), "std": float(lam.std()) if lam.numel() > 1 else 0.0}
+
+
+#: Every attention variant, by key. Config choices, kernel registration, the recorder, labels, W&B tags,
+#: the saved frozen tensors and the tests all read this table.
+VARIANTS: dict[str, type[AttentionVariant]] = {
+    cls.key(): cls for cls in (Vanilla, DiffSplit, DiffDupShared, DiffDupSeparate, DiffV2)
+}
+
+
+def variant_for(cfg: AttnConfig | dict[str, Any]) -> type[AttentionVariant]:
+    """The variant ``cfg`` selects: the one whose ``selects`` values all equal cfg's (exactly one).
+
+    ``cfg`` may be a plain dict of attn fields (a run record); missing fields take AttnConfig's defaults.
+    """
+    if isinstance(cfg, dict):
+        cfg = AttnConfig(**{k: v for k, v in cfg.items() if k in AttnConfig.__dataclass_fields__})
+    matches = [cls for cls in VARIANTS.values() if all(getattr(cfg, k) == v for k, v in cls.selects.items())]
+    if len(matches) != 1:
+        raise ValueError(f"attn.variant={cfg.variant!r}: {len(matches)} attention variants match; choose one of "
+                         f"{', '.join(sorted({c.selects['variant'] for c in VARIANTS.values()}))}")
+    return matches[0]

@@ -48,8 +48,9 @@ class VisionSpec:
     num_hidden_layers: int = 2
     num_attention_heads: int = 4
     intermediate_size: int = 256
-    image_size: int = 64  #: input side in pixels: easy-vqa's native 64; a 2x2 grid has 32 px cells
-    patch_size: int = 16  #: 16 image tokens; patch 8 (64 tokens) learns ~4x slower per CPU second
+    #: input side in pixels: 128 keeps a 2x2 haystack's cells at easy-vqa's native 64 px and a 4x4's at 32 px
+    image_size: int = 128
+    patch_size: int = 16  #: 8 x 8 = 64 image tokens; a 4x4 grid cell is 2 x 2 patches
 
 
 @dataclass
@@ -57,12 +58,44 @@ class TextSpec:
     """Gemma text decoder of the tiny zoo model."""
 
     hidden_size: int = 128
-    num_hidden_layers: int = 2
+    num_hidden_layers: int = 3
     num_attention_heads: int = 4
     num_key_value_heads: int = 1  #: multi-query, as in Gemma 2B
     head_dim: int = 32
     intermediate_size: int = 512
-    vocab_size: int = 640  #: BPE vocabulary trained locally, before PaliGemma's extra tokens
+    vocab_size: int = 768  #: BPE vocabulary trained locally, before PaliGemma's extra tokens
+
+
+@dataclass
+class Stage0Spec:
+    """Stage 0: the vision tower alone, per-token label heads on drawn scenes (thrown away after)."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+
+
+#: The tasks of stage 1's mixture (zoo/tasks.py).
+STAGE1_TASKS = ("vqa", "vqa_drawn", "caption", "exist", "count", "where", "needle", "detect")
+
+
+def _stage1_weights() -> dict[str, float]:
+    return {"vqa": 0.2, "vqa_drawn": 0.1, "caption": 0.05, "exist": 0.1, "count": 0.05,
+            "where": 0.15, "needle": 0.15, "detect": 0.2}
+
+
+@dataclass
+class Stage1Spec:
+    """Stage 1: projector and decoder on the multimodal mixture (``zoo/tasks.py``), the tower frozen."""
+
+    steps: int = 8000
+    batch_size: int = 32
+    lr: float = 3e-3
+    warmup_steps: int = 100
+    #: share of batches per task (one task per batch): vqa, vqa_drawn, caption, exist, count, where, needle, detect
+    weights: dict[str, float] = field(default_factory=_stage1_weights)
+    match_layer: int = 2  #: decoder hidden state (0 = embeddings) the training-only match head reads
+    match_weight: float = 1.0  #: weight of the match head's loss; 0 turns it off
 
 
 @dataclass
@@ -75,15 +108,9 @@ class TinySpec:
 
     vision: VisionSpec = field(default_factory=VisionSpec)
     text: TextSpec = field(default_factory=TextSpec)
-    pretrain_steps: int = 5000  #: stage 1: optimiser steps of full (non-LoRA) pretraining on easy-vqa questions
-    pretrain_batch_size: int = 64
-    pretrain_lr: float = 3e-3
-    pretrain_seed: int = 0
-    #: stage 2: steps on the multitask mixture (questions, captions, locating a caption in a 2x2 grid),
-    #: continuing from stage 1 (mixing from step 0 kept the model image-blind far longer). 0: no stage 2,
-    #: as shipped: 1,500 CPU steps of it still answered location questions with a constant (zoo/build.py)
-    mixture_steps: int = 0
-    mixture_lr: float = 1e-3
+    stage0: Stage0Spec = field(default_factory=Stage0Spec)
+    stage1: Stage1Spec = field(default_factory=Stage1Spec)
+    seed: int = 0  #: initialisation and every data stream of the build
 
 
 @dataclass
@@ -101,14 +128,11 @@ class ModelConfig:
     dtype: str = "float32"  #: weights dtype at load time: float32 | bfloat16 | float16
     trust_remote_code: bool = False  #: never needed for PaliGemma; off unless asked for
     cache_dir: Optional[str] = None  #: where zoo bases are cached; default ~/.cache/diffpali
-    build_eval_limit: Optional[int] = None  #: zoo build: score the new base on the first N questions only
     tiny: TinySpec = field(default_factory=TinySpec)
 
     def validate(self, key: str = "model") -> None:
         _choice(f"{key}.source", self.source, ("zoo", "pretrained"))
         _choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
-        if self.build_eval_limit is not None and self.build_eval_limit <= 0:
-            _fail(f"{key}.build_eval_limit", self.build_eval_limit, "must be > 0 or null (all questions)")
         if self.source == "pretrained" and not self.name_or_path:
             _fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")
         v, t = self.tiny.vision, self.tiny.text
@@ -120,8 +144,16 @@ class ModelConfig:
                 t.num_key_value_heads,
                 f"must divide num_attention_heads={t.num_attention_heads}",
             )
-        if self.tiny.pretrain_steps <= 0 or self.tiny.mixture_steps < 0:
-            _fail(f"{key}.tiny.pretrain_steps", self.tiny.pretrain_steps, "must be > 0 (and mixture_steps >= 0)")
+        for stage in ("stage0", "stage1"):
+            steps = getattr(self.tiny, stage).steps
+            if steps < 0:
+                _fail(f"{key}.tiny.{stage}.steps", steps, "must be >= 0")
+        unknown = sorted(set(self.tiny.stage1.weights) - set(STAGE1_TASKS))
+        if unknown:
+            _fail(f"{key}.tiny.stage1.weights", unknown, f"unknown tasks; allowed: {', '.join(STAGE1_TASKS)}")
+        if not 1 <= self.tiny.stage1.match_layer <= t.num_hidden_layers:
+            _fail(f"{key}.tiny.stage1.match_layer", self.tiny.stage1.match_layer,
+                  f"must be in [1, text.num_hidden_layers={t.num_hidden_layers}]")
         if v.hidden_size % v.num_attention_heads:
             _fail(f"{key}.tiny.vision.num_attention_heads", v.num_attention_heads, "must divide hidden_size")
 
@@ -190,7 +222,6 @@ class DataConfig:
 # --------------------------------------------------------------------------------------------
 # method: attention, feed-forward, LoRA
 # --------------------------------------------------------------------------------------------
-ATTN_VARIANTS = ("vanilla", "diff_split", "diff_dup")
 FFN_VARIANTS = ("mlp", "swiglu")
 
 
@@ -203,7 +234,9 @@ class AttnConfig:
     attention at init (lambda = 0, no norm) and still trains: lambda and both branches get gradients.
     """
 
-    variant: str = "vanilla"  #: vanilla | diff_split (original split-QK) | diff_dup (duplicated QK, the paper's)
+    #: vanilla | diff_split (original split-QK) | diff_dup (duplicated QK, the paper's) | diff_v2 (DIFF V2):
+    #: the keys of diffpali.attention.VARIANTS
+    variant: str = "vanilla"
     dup_mode: str = "separate"  #: diff_dup only. shared: Q2,K2 are Q1,K1 (the paper, inert); separate: own copies + LoRA
     towers: list[str] = field(default_factory=lambda: list(TOWERS))  #: which towers get the variant
     head_norm: bool = True  #: per-head RMSNorm (fp32) scaled by (1 - lambda_init)
@@ -214,11 +247,18 @@ class AttnConfig:
     #: independent: four independent draws (the paper); tied: lq2 = lq1 and lk2 = lk1 at init, so
     #: lambda starts at exactly lambda_init yet has a gradient (std 0 would leave it stuck there)
     lambda_pairs: str = "independent"
-    branch_noise: float = 1e-3  #: diff_dup separate: relative std of noise on Q2/K2's copies, breaking symmetry
+    branch_noise: float = 1e-3  #: diff_dup separate, diff_v2: relative std of noise on the copied branch, breaking symmetry
+    #: diff_v2: exact (lambda's per-head gate starts at 0: the pretrained model at init, with gradients) |
+    #: plain (the authors' lambda projection: sigmoid(0) = 0.5 everywhere at init)
+    v2_lambda_init: str = "exact"
 
     def validate(self, key: str = "attn") -> None:
-        _choice(f"{key}.variant", self.variant, ATTN_VARIANTS)
-        _choice(f"{key}.dup_mode", self.dup_mode, ("separate", "shared"))
+        from .attention import VARIANTS  # the one registry (imports torch, never a model)
+
+        _choice(f"{key}.variant", self.variant, tuple(sorted({v.selects["variant"] for v in VARIANTS.values()})))
+        _choice(f"{key}.dup_mode", self.dup_mode, tuple(sorted({v.selects["dup_mode"] for v in VARIANTS.values()
+                                                                 if "dup_mode" in v.selects})))
+        _choice(f"{key}.v2_lambda_init", self.v2_lambda_init, ("exact", "plain"))
         _choice(f"{key}.lambda_schedule", self.lambda_schedule, ("layer", "constant"))
         _choice(f"{key}.layer_index_base", self.layer_index_base, (0, 1))
         _choice(f"{key}.lambda_pairs", self.lambda_pairs, ("independent", "tied"))

@@ -41,9 +41,9 @@ def variant_tags(config: dict[str, Any]) -> list[str]:
     tags = []
     attn = config.get("attn") or {}
     if attn.get("variant"):
-        tags.append(f"attn={attn['variant']}")
-        if attn["variant"] == "diff_dup" and attn.get("dup_mode"):
-            tags.append(f"dup_mode={attn['dup_mode']}")
+        from .attention import variant_for  # torch: loaded by now in every job that logs
+
+        tags += variant_for(attn).tags()
     if (config.get("ffn") or {}).get("variant"):
         tags.append(f"ffn={config['ffn']['variant']}")
     if (config.get("lora") or {}).get("rank") is not None:

@@ -19,6 +19,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
+from .attention import VARIANTS
 from .config import AttnConfig, FfnConfig, LoraConfig, ModelConfig, TinySpec
 from .zoo.tiny import spec_key
 
@@ -41,9 +42,7 @@ def _built_key(directory: Path) -> str | None:
     return json.loads(info.read_text()).get("key")
 
 
-def resolve_tiny_base(
-    spec: TinySpec, cache_dir: str | None = None, device: str | None = None, eval_limit: int | None = None
-) -> Path:
+def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str | None = None) -> Path:
     """Directory of the tiny base for ``spec``: the shipped one, a cached one, or a new build.
 
     The key is a hash of the whole spec (architecture and pretraining recipe), so a changed spec
@@ -61,21 +60,18 @@ def resolve_tiny_base(
     from .zoo.build import build_base
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    log.warning(
-        "tiny base %s: not shipped or cached; building it now on %s (%d pretraining steps) into %s",
-        key,
-        device,
-        spec.pretrain_steps,
-        target,
-    )
+    log.warning("tiny base %s: not shipped or cached; building it now on %s (%d + %d pretraining steps) into %s",
+                key, device, spec.stage0.steps, spec.stage1.steps, target)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build into a temporary sibling and rename, so an interrupted build never looks finished.
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
-        build_base(spec, staging, device, eval_limit=eval_limit)
+        work = target.parent / f".{key}-work"  # checkpoints: a killed build resumes from them
+        build_base(spec, staging, device, work_dir=work, progress=False)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
+        shutil.rmtree(work, ignore_errors=True)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -85,7 +81,7 @@ def resolve_tiny_base(
 def base_location(cfg: ModelConfig) -> str:
     """Directory or Hub id that ``from_pretrained`` loads for this model config."""
     if cfg.source == "zoo":
-        return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir, eval_limit=cfg.build_eval_limit))
+        return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir))
     return cfg.name_or_path
 
 
@@ -159,11 +155,11 @@ def build_model(
 
 
 VARIANTS_FILE = "diffpali.json"
-#: Frozen tensors a variant created (diff_dup separate: the Q2/K2 branches, noisy copies of Q/K). peft saves only
-#: what trains, and rebuilding them from the RNG would tie a saved adapter to the run's seed.
+#: Frozen tensors a variant created (a second branch: a noisy copy of Q or K). peft saves only what trains,
+#: and rebuilding them from the RNG would tie a saved adapter to the run's seed.
 VARIANT_WEIGHTS_FILE = "variant_weights.safetensors"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
-_FROZEN_COPY = re.compile(r"\.(q_proj|k_proj)\.branch2\.(base_layer\.)?(weight|bias)$")
+_FROZEN_COPY = re.compile("|".join(p for v in VARIANTS.values() for p in v.frozen))
 
 
 def frozen_variant_names(model: torch.nn.Module) -> list[str]:

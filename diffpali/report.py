@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+from .attention import variant_for
+
 METRIC = "test/vqa_accuracy_official"
 NEEDLE_PREFIX = "mmneedle/"
 JOB_FILE, METRICS_FILE, FAILED_FILE = "job.json", "metrics.json", "failed.json"
@@ -350,13 +352,12 @@ def diff_attn_label(job: Optional[Job]) -> str:
     variant = job.get("attn.variant")
     if variant is None and job.get("ckpt") == "base":
         return "no (base, no adapter)"
-    if variant == "vanilla":
-        return "no"
-    if variant == "diff_dup":
-        return f"yes (dup, {job.get('attn.dup_mode', 'separate')})"
-    if variant == "diff_split":
-        return "yes (original)"
-    return str(variant) if variant is not None else "—"
+    if variant is None:
+        return "—"
+    try:
+        return variant_for({k: job.get(f"attn.{k}") for k in ("variant", "dup_mode") if job.get(f"attn.{k}") is not None}).label
+    except ValueError:  # a variant this version does not know: its raw name
+        return str(variant)
 
 
 def _differences(job: Optional[Job], paper: Optional[PaperRow]) -> str:

@@ -197,7 +197,7 @@ def score_summary(metrics: dict[str, Any], split: str, dataset_name: str, out: P
     lines = [f"VQA accuracy ({dataset_name} {split}, {CONVENTION_NAMES[metrics['convention']]} convention): "
              f"{metrics[key]:.3f}  [{', '.join(parts)}]"]
     if dataset_name == "easy_vqa" and split == "test":
-        from .zoo.build import question_only_baseline
+        from .data.easy_vqa import question_only_baseline
 
         base = question_only_baseline("test")
         lines.append(f"question-only baseline (full test split, answers from the question alone): {base['overall']:.3f}  "

@@ -14,7 +14,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
-from diffpali.attention import diff_dup_shared_attention, lambda_init_for, split_halves
+from diffpali.attention import VARIANTS, lambda_init_for, split_halves
 from diffpali.config import AttnConfig, LoraConfig
 from diffpali.data.collate import PaliGemmaCollator, model_inputs
 from diffpali.model import wrap_lora
@@ -23,12 +23,9 @@ from diffpali.zoo.tiny import build_config
 
 from conftest import small_spec
 
-DIFF = {
-    "diff_split": dict(variant="diff_split"),
-    "dup_shared": dict(variant="diff_dup", dup_mode="shared"),
-    "dup_separate": dict(variant="diff_dup", dup_mode="separate"),
-}
-ALL = {"vanilla": dict(variant="vanilla"), **DIFF}
+#: Every registered variant, by key, as the attn config that selects it: the tests cover each one.
+ALL = {key: dict(variant.selects) for key, variant in VARIANTS.items()}
+DIFF = {key: fields for key, fields in ALL.items() if VARIANTS[key].differential}
 #: The documented setting that computes exactly the pretrained attention at init.
 EXACT = dict(
     variant="diff_dup",
@@ -86,6 +83,7 @@ def test_vanilla_touches_nothing(tiny_model, tiny_batch):
 def test_registration_is_idempotent_and_includes_masks():
     ensure_registered()
     ensure_registered()
+    assert len(IMPLEMENTATIONS) == len(DIFF)
     for name, function in IMPLEMENTATIONS.items():
         assert ALL_ATTENTION_FUNCTIONS[name] is function
         assert name in AttentionMaskInterface._global_mapping  # else transformers builds no mask at all
@@ -115,21 +113,22 @@ def prefix_lm_allowed(batch: dict) -> torch.Tensor:
 
 
 def reference_attention(module, hidden, rotary, allowed, cfg: AttnConfig, depth: int) -> torch.Tensor:
-    """Differential attention written out: explicit softmax maps, gathered halves, repeated KV heads."""
+    """Each variant written out from its equations: explicit softmax maps, gathered halves, repeated KV heads."""
+    key = next(k for k, v in VARIANTS.items() if all(getattr(cfg, f) == x for f, x in v.selects.items()))
     dim = module.head_dim
-    separate = cfg.variant == "diff_dup" and cfg.dup_mode == "separate"
-    q_proj, k_proj = (module.q_proj.branch1, module.k_proj.branch1) if separate else (module.q_proj, module.k_proj)
+    second_query = key in ("diff_dup_separate", "diff_v2")
+    q_proj = module.q_proj.branch1 if second_query else module.q_proj
+    k_proj = module.k_proj.branch1 if key == "diff_dup_separate" else module.k_proj
     q, k, v = (to_heads(proj(hidden), dim) for proj in (q_proj, k_proj, module.v_proj))
-    q2, k2 = q, k
-    if separate:
-        q2, k2 = to_heads(module.q_proj.branch2(hidden), dim), to_heads(module.k_proj.branch2(hidden), dim)
+    q2 = to_heads(module.q_proj.branch2(hidden), dim) if second_query else q
+    k2 = to_heads(module.k_proj.branch2(hidden), dim) if key == "diff_dup_separate" else k
     if rotary is not None:
         cos, sin = (t.unsqueeze(1) for t in rotary)
         q, k, q2, k2 = (rotate(t, cos, sin) for t in (q, k, q2, k2))
     groups = q.shape[1] // k.shape[1]
     k, k2, v = (t.repeat_interleave(groups, dim=1) for t in (k, k2, v))
     scale = dim**-0.5
-    if cfg.variant == "diff_split":  # half 1: rotary pairs (i, i + D/2) with even i; half 2: odd i
+    if key == "diff_split":  # half 1: rotary pairs (i, i + D/2) with even i; half 2: odd i
         first = [c for c in range(dim) if (c % (dim // 2)) % 2 == 0]
         second = [c for c in range(dim) if c not in first]
         q, k, q2, k2 = q[..., first], k[..., first], q[..., second], k[..., second]
@@ -138,15 +137,28 @@ def reference_attention(module, hidden, rotary, allowed, cfg: AttnConfig, depth:
     def attention_map(queries, keys):
         return (queries @ keys.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf")).softmax(-1)
 
-    lam_module = module.diff_lambda
-    lambda_init = lambda_init_for(depth, cfg)
-    lam = (lam_module.lq1 @ lam_module.lk1).exp() - (lam_module.lq2 @ lam_module.lk2).exp() + lambda_init
-    heads = (attention_map(q, k) - lam * attention_map(q2, k2)) @ v
-    if cfg.head_norm:
-        rms = heads.pow(2).mean(-1, keepdim=True).add(1e-5).rsqrt()
-        heads = heads * rms * module.diff_norm.weight * (1 - lambda_init)
+    if key == "diff_v2":  # lambda = gate * sigmoid(x W + b), per token and head; no head norm
+        lam_module = module.q_proj.diff_lambda
+        lam = torch.sigmoid(hidden @ lam_module.proj.weight.T + lam_module.proj.bias) * lam_module.gate
+        heads = attention_map(q, k) @ v - lam.transpose(1, 2)[..., None] * (attention_map(q2, k2) @ v)
+    else:
+        lam_module = module.diff_lambda
+        lambda_init = lambda_init_for(depth, cfg)
+        lam = (lam_module.lq1 @ lam_module.lk1).exp() - (lam_module.lq2 @ lam_module.lk2).exp() + lambda_init
+        heads = (attention_map(q, k) - lam * attention_map(q2, k2)) @ v
+        if cfg.head_norm:
+            rms = heads.pow(2).mean(-1, keepdim=True).add(1e-5).rsqrt()
+            heads = heads * rms * module.diff_norm.weight * (1 - lambda_init)
     out = heads.transpose(1, 2).reshape(*hidden.shape[:2], -1)
     return (module.o_proj if hasattr(module, "o_proj") else module.out_proj)(out)
+
+
+def randomise_new_parts(model) -> None:
+    """Move every new part off its init so the oracle checks it: head-norm weights, V2's lambda."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".diff_norm." in name or ".diff_lambda.proj." in name or ".diff_lambda.gate" in name:
+                param.uniform_(0.5, 1.5) if "diff_norm" in name or "gate" in name else param.normal_(0, 0.3)
 
 
 @pytest.mark.parametrize("variant", DIFF)
@@ -159,9 +171,9 @@ def test_fused_path_matches_eager_reference(tiny_model, tiny_batch, variant):
         captured.append((module, kwargs["hidden_states"], kwargs.get("position_embeddings"), output[0]))
 
     with torch.no_grad():
+        randomise_new_parts(tiny_model)
         for tower in ("text", "vision"):
             for _, module in attention_modules(tiny_model, tower):
-                module.diff_norm.weight.uniform_(0.5, 1.5)  # so that the norm's weight is checked too
                 module.register_forward_hook(record, with_kwargs=True)
         tiny_model(**model_inputs(tiny_batch, with_labels=False))
         depth_of = {m: d for t in ("text", "vision") for d, (_, m) in enumerate(attention_modules(tiny_model, t))}
@@ -239,14 +251,14 @@ def test_split_halves_depend_only_on_position_difference(tiny_model):
 # 5. diff_dup shared is inert; separate is not
 # ------------------------------------------------------------------------------------------
 def test_shared_dup_is_one_minus_lambda_times_vanilla(tiny_model):
-    model = converted(tiny_model, **DIFF["dup_shared"])
+    model = converted(tiny_model, **DIFF["diff_dup_shared"])
     _, module = attention_modules(model, "text")[0]
     before_norm = []
     module.diff_norm.register_forward_pre_hook(lambda _, args: before_norm.append(args[0]))
     torch.manual_seed(0)
     query, key, value = torch.randn(2, 4, 7, 16), torch.randn(2, 1, 7, 16), torch.randn(2, 1, 7, 16)
     with torch.no_grad():
-        out, _ = diff_dup_shared_attention(module, query, key, value, None, scaling=module.scaling)
+        out, _ = IMPLEMENTATIONS["diffpali_diff_dup_shared"](module, query, key, value, None, scaling=module.scaling)
         vanilla, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, None, scaling=module.scaling)
         lam = module.diff_lambda()
     assert abs(lam.item() - 0.2) > 1e-4  # a lambda of its own, not just lambda_init
@@ -278,7 +290,7 @@ def lora_b_grad(model, tower_prefix: str, projection: str) -> float:
 
 def test_lambda_and_both_branches_get_gradients_only_when_separate(tiny_model, tiny_batch):
     scale_values(tiny_model, 100.0)
-    no_norm = converted(copy.deepcopy(tiny_model), **DIFF["dup_shared"], head_norm=False)
+    no_norm = converted(copy.deepcopy(tiny_model), **DIFF["diff_dup_shared"], head_norm=False)
     reference = lambda_gradients(no_norm, tiny_batch)
     scale = reference.abs().max()  # how much lambda matters when no norm cancels it
     after_step = {}
@@ -344,24 +356,32 @@ def test_lambda_init_schedule(tiny_model):
 # ------------------------------------------------------------------------------------------
 # 8. generation with and without KV cache
 # ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("variant", ALL)
-def test_generation_with_cache_matches_without(tiny_model, tiny_processor, variant):
+def assert_cache_changes_nothing(model, processor):
+    """Greedy generation on a left-padded batch gives the same tokens and scores with the KV cache and without."""
     from PIL import Image
 
-    model = converted(tiny_model, **ALL[variant])
     prompts = ["answer en what color is the shape?", "caption en", "answer en is there a red circle?"]
     colors = [(255, 0, 0), (0, 0, 255), (0, 128, 0)]
     examples = [{"image": Image.new("RGB", (40, 40), c), "prefix": p} for c, p in zip(colors, prompts)]
-    inputs = model_inputs(PaliGemmaCollator(tiny_processor, train=False)(examples), with_labels=False)
+    inputs = model_inputs(PaliGemmaCollator(processor, train=False)(examples), with_labels=False)
     assert "token_type_ids" in inputs and not inputs["attention_mask"].all()  # left padding present
     kwargs = dict(max_new_tokens=4, do_sample=False, output_scores=True, return_dict_in_generate=True)
     cached = model.generate(**inputs, use_cache=True, **kwargs)
     uncached = model.generate(**inputs, use_cache=False, **kwargs)
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(torch.stack(cached.scores), torch.stack(uncached.scores), rtol=1e-4, atol=1e-5)
-    if variant == "dup_separate":  # K2 rides in the stock cache as extra KV heads
-        cache = cached.past_key_values.layers[0]
+    return cached
+
+
+@pytest.mark.parametrize("variant", ALL)
+def test_generation_with_cache_matches_without(tiny_model, tiny_processor, variant):
+    model = converted(tiny_model, **ALL[variant])
+    cached = assert_cache_changes_nothing(model, tiny_processor)
+    cache = cached.past_key_values.layers[0]
+    if variant == "diff_dup_separate":  # K2 rides in the stock cache as extra KV heads
         assert cache.keys.shape[1] == 2 * cache.values.shape[1]
+    else:  # every other variant caches exactly vanilla's keys and values
+        assert cache.keys.shape[1] == cache.values.shape[1] == tiny_model.config.text_config.num_key_value_heads
 
 
 # ------------------------------------------------------------------------------------------
@@ -371,7 +391,7 @@ def test_generation_with_cache_matches_without(tiny_model, tiny_processor, varia
 def test_lora_trains_saves_and_reloads(tiny_model, tiny_batch, tiny_processor, tmp_path, variant):
     cfg = attn(**ALL[variant])
     saved = apply_attention(tiny_model, cfg)
-    assert saved == ([] if variant == "vanilla" else ["diff_lambda", "diff_norm"])
+    assert saved == {"vanilla": [], "diff_v2": ["diff_lambda"]}.get(variant, ["diff_lambda", "diff_norm"])
     torch.manual_seed(1)
     model = wrap_lora(tiny_model, lora_config(), saved).train()
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
@@ -389,8 +409,9 @@ def test_lora_trains_saves_and_reloads(tiny_model, tiny_batch, tiny_processor, t
     trained = logits(model, inputs)
     model.save_pretrained(tmp_path)
     keys = load_file(tmp_path / "adapter_model.safetensors").keys()
-    expected = {"diff_lambda", "diff_norm"} if variant != "vanilla" else set()
-    expected |= {"q_proj.branch2.lora_A", "k_proj.branch2.lora_B"} if variant == "dup_separate" else set()
+    expected = {"vanilla": set(), "diff_v2": {"diff_lambda"}}.get(variant, {"diff_lambda", "diff_norm"})
+    expected |= {"q_proj.branch2.lora_A", "k_proj.branch2.lora_B"} if variant == "diff_dup_separate" else set()
+    expected |= {"q_proj.branch2.lora_A", "q_proj.diff_lambda"} if variant == "diff_v2" else set()
     assert all(any(part in key for key in keys) for part in expected), sorted(keys)[:8]
 
     torch.manual_seed(0)  # the fixture's base, rebuilt
@@ -426,7 +447,7 @@ def test_towers_are_independent(tiny_model, tiny_batch):
 
 
 def test_bf16_autocast_keeps_lambda_and_norm_in_fp32(tiny_model, tiny_batch):
-    model = converted(tiny_model, **DIFF["dup_separate"])
+    model = converted(tiny_model, **DIFF["diff_dup_separate"])
     dtypes = []
     for _, module in attention_modules(model, "text"):
         module.diff_lambda.register_forward_hook(lambda _, __, out: dtypes.append(out.dtype))
@@ -435,3 +456,71 @@ def test_bf16_autocast_keeps_lambda_and_norm_in_fp32(tiny_model, tiny_batch):
         out = logits(model, model_inputs(tiny_batch, with_labels=False))
     assert dtypes and set(dtypes) == {torch.float32}
     assert torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------------------------------
+# 11. DIFF V2: retrofit initialisation
+# ------------------------------------------------------------------------------------------
+def test_v2_exact_init_reproduces_pretrained_logits_and_lambda_still_learns(tiny_model, tiny_batch):
+    inputs = model_inputs(tiny_batch, with_labels=False)
+    pretrained = logits(tiny_model, inputs)
+    model = converted(tiny_model, variant="diff_v2", v2_lambda_init="exact", branch_noise=1e-2)
+    torch.testing.assert_close(logits(model, inputs), pretrained, rtol=0, atol=1e-6)
+    model.zero_grad()
+    model(**model_inputs(tiny_batch)).loss.backward()
+    gates = [m.q_proj.diff_lambda.gate.grad for t in ("text", "vision") for _, m in attention_modules(model, t)]
+    assert all(g is not None and g.abs().min() > 0 for g in gates)  # every head's lambda leaves 0 at step one
+
+
+def test_v2_plain_init_is_the_authors_half_lambda(tiny_model, tiny_batch):
+    inputs = model_inputs(tiny_batch, with_labels=False)
+    pretrained = logits(tiny_model, inputs)
+    model = converted(tiny_model, variant="diff_v2", v2_lambda_init="plain", branch_noise=0.0)
+    logits(model, inputs)
+    for tower in ("text", "vision"):
+        for _, module in attention_modules(model, tower):
+            assert torch.all(module.q_proj.last_lambda == 0.5)  # sigmoid(0), every token and head
+    assert not torch.allclose(logits(model, inputs), pretrained, atol=1e-3)  # A V - 0.5 A V: the base changes
+
+
+def test_v2_pairs_share_their_group_key_and_value(tiny_model):
+    """Query heads 2i and 2i+1 come from head i's projection and its copy, and attend with head i's K and V."""
+    model = converted(tiny_model, variant="diff_v2", branch_noise=0.0)
+    _, module = attention_modules(model, "vision")[0]  # SigLIP: one KV head per query head
+    hidden = torch.randn(1, 5, module.q_proj.branch1.in_features)
+    heads = module.q_proj(hidden).view(1, 5, -1, module.head_dim)
+    original = module.q_proj.branch1(hidden).view(1, 5, -1, module.head_dim)
+    assert torch.equal(heads[:, :, 0::2], original) and torch.equal(heads[:, :, 1::2], original)
+    assert module.num_key_value_groups == 2  # 2H query heads over H key/value heads
+    _, text = attention_modules(model, "text")[0]  # Gemma: one KV head for all 2H query heads
+    assert text.num_key_value_groups == 2 * model.config.text_config.num_attention_heads
+
+
+# ------------------------------------------------------------------------------------------
+# 12. a new variant is one class (plus its YAML file and an oracle branch)
+# ------------------------------------------------------------------------------------------
+def test_a_throwaway_variant_plugs_in_through_the_registry(tiny_model, tiny_processor, monkeypatch):
+    """The original Differential Transformer's layout on pretrained heads: head pairs as the two branches."""
+    from omegaconf import OmegaConf
+
+    from diffpali.attention import AttentionVariant, differential
+    from diffpali.config import TrainConfig, to_typed
+
+    class DiffPair(AttentionVariant):
+        selects = {"variant": "diff_pair"}
+        label = "yes (head pairs)"
+
+        @staticmethod
+        def kernel(module, query, key, value, mask, scaling, attend):
+            out = attend(query, key, value, mask, scaling)       # (B, T, H, D)
+            first, second = out[:, :, 0::2], out[:, :, 1::2]     # heads 2i and 2i+1 as the two branches
+            return differential(module, first.repeat_interleave(2, 2), second.repeat_interleave(2, 2))
+
+    monkeypatch.setitem(VARIANTS, "diff_pair", DiffPair)
+    cfg = to_typed(OmegaConf.create({"attn": {"variant": "diff_pair"}}), TrainConfig)  # a valid choice now
+    assert apply_attention(tiny_model, cfg.attn) == ["diff_lambda", "diff_norm"]
+    assert tiny_model.config.text_config._attn_implementation == "diffpali_diff_pair"
+    assert_cache_changes_nothing(tiny_model, tiny_processor)
+    monkeypatch.delitem(VARIANTS, "diff_pair")
+    with pytest.raises(Exception, match="attn.variant='diff_pair': must be one of"):
+        to_typed(OmegaConf.create({"attn": {"variant": "diff_pair"}}), TrainConfig)

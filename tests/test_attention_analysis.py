@@ -21,20 +21,21 @@ from diffpali.analysis.plots import (
     overlay_figure,
     read_overlays,
 )
-from diffpali.analysis.recorder import RECORD_PREFIX, record_attention, text_layers
+from diffpali.analysis.recorder import RECORD_IMPLEMENTATION, record_attention, text_layers
 from diffpali.analysis.shares import ShareAccumulator, row_shares
 from diffpali.config import AttnConfig, EvaluateConfig
 from diffpali.data.collate import PaliGemmaCollator, model_inputs
 from diffpali.data.grids import stitch
+from diffpali.attention import VARIANTS as REGISTRY
 from diffpali.surgery import IMPLEMENTATIONS, apply_attention, lambda_values
 from conftest import CORPUS, small_spec
 
-VARIANTS = [AttnConfig(variant="vanilla"), AttnConfig(variant="diff_split"),
-            AttnConfig(variant="diff_dup", dup_mode="separate"), AttnConfig(variant="diff_dup", dup_mode="shared")]
+#: Every registered variant (DIFF V2 with lambda away from its exact-init 0, so its maps differ from vanilla's).
+VARIANTS = [AttnConfig(**v.selects) for v in REGISTRY.values()]
 
 
 def _label(cfg: AttnConfig) -> str:
-    return cfg.variant + (f"-{cfg.dup_mode}" if cfg.variant == "diff_dup" else "")
+    return "_".join(str(getattr(cfg, k)) for k in ("variant", "dup_mode") if k == "variant" or cfg.variant == "diff_dup")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +195,7 @@ def test_differential_shares_equal_the_closed_form(processor64):
     layout = SampleLayout(torch.tensor(needle), torch.tensor(distractor), torch.tensor(text),
                           rows=torch.tensor([9, 10, 11]), prompt_rows=torch.tensor([8]), image_tokens=torch.arange(8))
     with record_attention(model) as recorder:
-        twin = ALL_ATTENTION_FUNCTIONS[RECORD_PREFIX + "diffpali_diff_dup_separate"]
+        twin = ALL_ATTENTION_FUNCTIONS[RECORD_IMPLEMENTATION]
         output, _ = twin(module, torch.cat([q1, q2], 1), torch.cat([k1, k2], 1), value, mask, scaling=module.scaling)
         maps = recorder.take()[1]
     fast, _ = IMPLEMENTATIONS["diffpali_diff_dup_separate"](module, torch.cat([q1, q2], 1), torch.cat([k1, k2], 1),
@@ -251,7 +252,7 @@ def test_recording_keeps_the_logits_and_restores_the_fast_path(processor64, attn
     with torch.no_grad():
         plain = model(**inputs, use_cache=False).logits
         with record_attention(model) as recorder:
-            assert model.config.text_config._attn_implementation == RECORD_PREFIX + original
+            assert model.config.text_config._attn_implementation == RECORD_IMPLEMENTATION
             recorded = model(**inputs, use_cache=False).logits
             layers = recorder.take()
         after = model(**inputs, use_cache=False).logits
@@ -260,12 +261,35 @@ def test_recording_keeps_the_logits_and_restores_the_fast_path(processor64, attn
     assert torch.equal(plain, after)
     assert model.config.text_config._attn_implementation == original
     assert ALL_ATTENTION_FUNCTIONS[original] is kernel
-    assert model.config.vision_config._attn_implementation != RECORD_PREFIX + original
+    assert model.config.vision_config._attn_implementation != RECORD_IMPLEMENTATION
     for maps in layers.values():
         sums = maps.effective.sum(-1).transpose(1, 2)[valid]  # (valid queries, heads)
-        expected = 1.0 if maps.lam is None else 1.0 - maps.lam
-        assert torch.allclose(sums, torch.full_like(sums, expected), atol=1e-5)
+        if isinstance(maps.lam, torch.Tensor):  # DIFF V2: lambda per head and query token
+            expected = (1.0 - maps.lam).transpose(1, 2)[valid]
+        else:
+            expected = torch.full_like(sums, 1.0 if maps.lam is None else 1.0 - maps.lam)
+        assert torch.allclose(sums, expected, atol=1e-5)
         assert (maps.lam is None) == (attn.variant == "vanilla")
+
+
+def test_the_recorder_sees_v2s_two_maps_and_its_lambda_per_token(processor64):
+    model = _model(processor64, AttnConfig(variant="diff_v2"))
+    with torch.no_grad():
+        for module in text_layers(model):
+            module.q_proj.diff_lambda.proj.weight.normal_(0, 0.5)
+            module.q_proj.diff_lambda.gate.fill_(1.0)
+    batch = _batch(processor64)
+    with torch.no_grad(), record_attention(model) as recorder:
+        model(**model_inputs(batch, with_labels=False), use_cache=False)
+        layers = recorder.take()
+    heads = model.config.text_config.num_attention_heads
+    for depth, maps in layers.items():
+        attn1, attn2 = maps.branches
+        assert attn1.shape[1] == attn2.shape[1] == heads and not torch.allclose(attn1, attn2)
+        expected_lambda = text_layers(model)[depth].q_proj.last_lambda.transpose(1, 2)  # (B, H, T)
+        assert maps.lam.shape == expected_lambda.shape and torch.equal(maps.lam, expected_lambda)
+        assert maps.lam.std() > 0  # it varies by token
+        torch.testing.assert_close(maps.effective, attn1 - maps.lam[..., None] * attn2)
 
 
 def test_recording_works_through_peft_and_refuses_to_nest(processor64):

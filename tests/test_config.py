@@ -49,7 +49,7 @@ def test_unknown_group_option_lists_what_is_available():
     "override, message",
     [
         ("lora.rank=0", "lora.rank=0: must be > 0"),
-        ("attn.variant=diff", "attn.variant='diff': must be one of vanilla, diff_split, diff_dup"),
+        ("attn.variant=diff", "attn.variant='diff': must be one of diff_dup, diff_split, diff_v2, vanilla"),
         ("attn.lambda_init=1.5", "attn.lambda_init=1.5: must be in [0, 1)"),
         ("optim.lr=-1", "optim.lr=-1.0: must be > 0"),
         ("lora.towers=[audio]", "lora.towers='audio': must be one of vision, text"),

@@ -22,10 +22,12 @@ def smoke_model(cache: Path) -> list[str]:
     """A one-layer tiny spec: its key differs from the shipped base, so it is built on first use."""
     return [
         f"model.cache_dir={cache}",
-        "model.build_eval_limit=32",
-        "model.tiny.pretrain_steps=3",
-        "model.tiny.mixture_steps=2",
-        "model.tiny.pretrain_batch_size=8",
+        "model.tiny.stage0.steps=2",
+        "model.tiny.stage0.batch_size=8",
+        "model.tiny.stage1.steps=3",
+        "model.tiny.stage1.batch_size=8",
+        "model.tiny.vision.image_size=32",
+        "model.tiny.stage1.match_layer=1",
         "model.tiny.vision.hidden_size=32",
         "model.tiny.vision.intermediate_size=64",
         "model.tiny.vision.num_hidden_layers=1",

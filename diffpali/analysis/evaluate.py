@@ -63,7 +63,7 @@ def questions(cfg: EvaluateConfig, haystacks: list[Haystack]) -> list[Question]:
 
 
 def variant_name(model: Any) -> str:
-    """vanilla | diff_split | diff_dup_shared | diff_dup_separate, from the text tower's implementation."""
+    """The text tower's variant key (``diff_dup_separate``, ``diff_v2``, ...; vanilla for stock attention)."""
     name = text_implementation(model)
     return name.removeprefix("diffpali_") if name.startswith("diffpali_") else "vanilla"
 
@@ -171,7 +171,12 @@ def measure(layers: dict[int, LayerMaps], b: int, layout: SampleLayout, sample: 
         if maps.branches is not None:
             for i, branch in enumerate(maps.branches, 1):
                 accumulator.add(depth, f"branch{i}", row_shares(branch[b], layout), sample)
-            accumulator.lambdas[depth] = maps.lam
+            if isinstance(maps.lam, torch.Tensor):  # per head and query token (DIFF V2): this question's answer rows
+                lam = float(maps.lam[b][:, layout.rows].mean())
+                accumulator.token_lambdas.setdefault(depth, []).append(lam)
+                record.setdefault("lambda", {})[depth] = round(lam, 6)
+            else:
+                accumulator.lambdas[depth] = maps.lam
         record["layers"][depth] = [round(float(v), 6) for v in answer.mean(0)]
         record["prompt_layers"][depth] = [round(float(v), 6) for v in prompt.mean(0)]
         if overlay:

@@ -23,6 +23,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ..attention import variant_for
+
 PREFIX = "attention/text"
 MAX_LAYER_PANELS = 6  #: overlay columns beyond the image; deeper models show evenly spaced layers
 #: An overlay panel whose rows give the image less than this share is not coloured: scaled per panel,
@@ -246,9 +248,10 @@ def run_label(directory: Path) -> str:
     job = read_job(directory, directory)
     if job.get("ckpt") == "base":
         return f"base ({directory.name})"
-    variant = job.metrics.get("attention/variant") or job.get("attn.variant")
-    if variant == "diff_dup" and job.get("attn.dup_mode"):
-        variant = f"diff_dup_{job.get('attn.dup_mode')}"
+    variant = job.metrics.get("attention/variant")
+    if variant is None and job.get("attn.variant") is not None:
+        attn = {k: job.get(f"attn.{k}") for k in ("variant", "dup_mode") if job.get(f"attn.{k}") is not None}
+        variant = variant_for(attn).display_name()
     return f"{variant or diff_attn_label(job)} ({directory.name})"
 
 

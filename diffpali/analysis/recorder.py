@@ -1,27 +1,26 @@
 """Explicit attention maps of the text decoder, for analysis only.
 
 The registered kernels (:mod:`diffpali.attention`, transformers' ``sdpa``) never build an N x N map.
-:func:`record_attention` swaps the text tower, for the duration of a ``with`` block, to eager twins
-registered under their own names: each computes the softmax map(s) explicitly, records them, and
-returns the same output as the kernel it replaces (the differential combination and head norm are
-the very same function, :func:`diffpali.attention._differential`). On exit the model is switched back
-to the implementation it had, so the default path is never touched outside the block.
+:func:`record_attention` swaps the text tower, for the duration of a ``with`` block, to a recording
+implementation: it runs each layer's own variant kernel (the very same code as the fast path) with an
+eager ``attend`` that computes the softmax map explicitly and keeps it. On exit the model is switched
+back to the implementation it had, so the default path is never touched outside the block.
 
 Recorded per text layer (float32, detached, on the model's device):
 
 - ``effective``: the map the layer applies to V. Vanilla: softmax(Q K^T s). Differential:
   softmax(Q1 K1^T s) - lambda softmax(Q2 K2^T s); its rows sum to 1 - lambda and may hold negative
   entries.
-- ``branches``: the two softmax maps of a differential layer (None for vanilla), and ``lam``.
+- ``branches``: the two softmax maps of a differential layer (None for vanilla), and ``lam`` (a
+  float, or per head and query token for DIFF V2).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -29,18 +28,12 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..attention import _differential, split_halves
-from ..surgery import TOWERS
+from ..attention import VARIANTS, Vanilla
+from ..surgery import IMPLEMENTATION_PREFIX, TOWERS
 
-#: The text implementations the recorder has an eager twin for: name -> kind of map.
-KINDS: dict[str, str] = {
-    "sdpa": "plain",
-    "eager": "plain",
-    "diffpali_diff_split": "split",
-    "diffpali_diff_dup_shared": "shared",
-    "diffpali_diff_dup_separate": "separate",
-}
-RECORD_PREFIX = "diffpali_record_"
+#: Stock text implementations the recorder can stand in for (besides diffpali's own).
+STOCK = ("sdpa", "eager")
+RECORD_IMPLEMENTATION = "diffpali_record"
 
 
 @dataclass
@@ -49,7 +42,7 @@ class LayerMaps:
 
     effective: torch.Tensor
     branches: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    lam: Optional[float] = None
+    lam: Any = None  #: float; DIFF V2: (batch, heads, queries)
 
 
 class AttentionRecorder:
@@ -100,48 +93,31 @@ def _apply(attn: torch.Tensor, value: torch.Tensor, like: torch.Tensor) -> torch
     return torch.matmul(attn, value.float()).to(like.dtype).transpose(1, 2).contiguous()
 
 
-def _eager_twin(kind: str) -> Callable[..., tuple[torch.Tensor, None]]:
-    """An AttentionInterface function computing the maps of ``kind`` explicitly and recording them."""
+def _recording_attention(module: nn.Module, query, key, value, attention_mask, *, scaling: float, dropout: float = 0.0,
+                         is_causal: Optional[bool] = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """The layer's own variant kernel, attending eagerly; the maps it attends with are recorded."""
+    if dropout:
+        raise RuntimeError(f"attention recording needs the model in eval mode (attention dropout={dropout})")
+    causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+    variant = getattr(module, "diffpali_variant", None) or Vanilla
+    maps: list[torch.Tensor] = []
 
-    def attention(module: nn.Module, query, key, value, attention_mask, *, scaling: float, dropout: float = 0.0,
-                  is_causal: Optional[bool] = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        if dropout:
-            raise RuntimeError(f"attention recording needs the model in eval mode (attention dropout={dropout})")
-        causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
-        if kind == "plain":
-            attn = _softmax_map(query, key, attention_mask, scaling, causal)
-            output, maps = _apply(attn, value, query), LayerMaps(attn)
-        else:
-            if kind == "split":
-                first, second = split_halves(key.shape[-1], key)
-                half = scaling * math.sqrt(2.0)
-                attn1 = _softmax_map(query, key * first, attention_mask, half, causal)
-                attn2 = _softmax_map(query, key * second, attention_mask, half, causal)
-            elif kind == "shared":
-                attn1 = attn2 = _softmax_map(query, key, attention_mask, scaling, causal)
-            else:  # separate: [Q1; Q2] and [K1; K2] arrive as extra heads
-                query1, query2 = query.chunk(2, dim=1)
-                key1, key2 = key.chunk(2, dim=1)
-                attn1 = _softmax_map(query1, key1, attention_mask, scaling, causal)
-                attn2 = _softmax_map(query2, key2, attention_mask, scaling, causal)
-                query = query1
-            with torch.no_grad():
-                lam = float(module.diff_lambda())
-            output = _differential(module, _apply(attn1, value, query), _apply(attn2, value, query))
-            maps = LayerMaps(attn1 - lam * attn2, (attn1, attn2), lam)
-        if _ACTIVE is not None:
-            _ACTIVE.store(module, LayerMaps(maps.effective.detach(),
-                                            tuple(b.detach() for b in maps.branches) if maps.branches else None,
-                                            maps.lam))
-        return output, None
+    def attend(q, k, v, mask, scale):
+        attn = _softmax_map(q, k, mask, scale, causal)
+        maps.append(attn)
+        return _apply(attn, v, q)
 
-    return attention
+    output = variant.kernel(module, query, key, value, attention_mask, scaling, attend)
+    if _ACTIVE is not None:
+        effective, branches, lam = variant.combine_maps(module, maps)
+        _ACTIVE.store(module, LayerMaps(effective.detach(), tuple(b.detach() for b in branches) if branches else None,
+                                        lam.detach() if isinstance(lam, torch.Tensor) else lam))
+    return output, None
 
 
-def _register_twins() -> None:
-    for name, kind in KINDS.items():
-        AttentionInterface.register(RECORD_PREFIX + name, _eager_twin(kind))
-        AttentionMaskInterface.register(RECORD_PREFIX + name, sdpa_mask)  # the mask every replaced kernel gets
+def _register() -> None:
+    AttentionInterface.register(RECORD_IMPLEMENTATION, _recording_attention)
+    AttentionMaskInterface.register(RECORD_IMPLEMENTATION, sdpa_mask)  # the mask every replaced kernel gets
 
 
 def bare_model(model: nn.Module) -> nn.Module:
@@ -169,13 +145,14 @@ def record_attention(model: nn.Module) -> Iterator[AttentionRecorder]:
     if _ACTIVE is not None:
         raise RuntimeError("record_attention is already active; blocks do not nest")
     original = text_implementation(model)
-    if original not in KINDS:
+    supported = (*STOCK, *(IMPLEMENTATION_PREFIX + key for key, v in VARIANTS.items() if v.differential))
+    if original not in supported:
         raise ValueError(f"text attention implementation {original!r} cannot be recorded; "
-                         f"supported: {', '.join(KINDS)}")
+                         f"supported: {', '.join(supported)}")
     base = bare_model(model)
-    _register_twins()
+    _register()
     recorder = AttentionRecorder({id(m): depth for depth, m in enumerate(text_layers(model))})
-    base.set_attn_implementation({TOWERS["text"][2]: RECORD_PREFIX + original})
+    base.set_attn_implementation({TOWERS["text"][2]: RECORD_IMPLEMENTATION})
     _ACTIVE = recorder
     try:
         yield recorder

@@ -58,6 +58,8 @@ class ShareAccumulator:
     per_sample: dict[tuple[int, str], dict[Any, list[torch.Tensor]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list)))
     lambdas: dict[int, float] = field(default_factory=dict)
+    #: a lambda that varies by token (DIFF V2): per layer, each question's mean over its answer rows
+    token_lambdas: dict[int, list[float]] = field(default_factory=dict)
 
     def add(self, layer: int, key: str, shares: torch.Tensor, sample: Any = None) -> None:
         """``sample``: the haystack the question is about (None: a unit of its own)."""
@@ -66,7 +68,7 @@ class ShareAccumulator:
 
     def metrics(self, prefix: str = "attention/text") -> dict[str, Optional[float]]:
         """Flat metrics: ``{prefix}/layer{i}/{group}`` (mean over heads and samples), ``..._sem``,
-        ``needle_of_image`` (needle / (needle + distractor)), ``head{h}/{group}``, ``branch{b}/{group}``,
+        ``needle_of_image`` (needle / (needle + distractor)) and its standard error over samples, ``head{h}/{group}``, ``branch{b}/{group}``,
         ``lambda``; and ``{prefix}/mean/...`` over layers."""
         out: dict[str, float] = {}
         layers = sorted({layer for layer, _ in self.per_sample})
@@ -84,11 +86,17 @@ class ShareAccumulator:
                     continue
                 for g, group in enumerate(GROUPS):
                     out[f"{name}/{group}_sem"] = _sem(per_sample[:, g])
+                ratios = [r for r in (_needle_of_image(sample) for sample in per_sample) if r is not None]
+                out[f"{name}/needle_of_image_sem"] = _sem(torch.tensor(ratios)) if ratios else None
                 for h, head in enumerate(stacked.mean(dim=0)):
                     for g, group in enumerate(GROUPS):
                         out[f"{name}/head{h}/{group}"] = float(head[g])
             if layer in self.lambdas:
                 out[f"{base}/lambda"] = self.lambdas[layer]
+            elif layer in self.token_lambdas:
+                values = torch.tensor(self.token_lambdas[layer], dtype=torch.float64)
+                out[f"{base}/lambda"] = float(values.mean())
+                out[f"{base}/lambda_std"] = float(values.std()) if values.numel() > 1 else 0.0
         for group in (*GROUPS, "needle_of_image"):
             values = [out[f"{prefix}/layer{i}/{group}"] for i in layers if out.get(f"{prefix}/layer{i}/{group}") is not None]
             if values:

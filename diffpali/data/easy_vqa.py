@@ -12,6 +12,7 @@ validation. Nothing is ever tuned on the test split.
 from __future__ import annotations
 
 import logging
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -140,3 +141,22 @@ def image_labels(source_split: str) -> dict[int, tuple[str, str]]:
         elif a in SHAPES and q.startswith("what shape"):
             shape[image_id] = a
     return {i: (color[i], shape[i]) for i in sorted(color) if i in shape}
+
+
+def question_only_baseline(split: str = "test") -> dict[str, float]:
+    """Accuracy of answering from the question alone: each train question's most frequent answer.
+
+    This is the bar a model that ignores the image clears on easy-vqa; the majority answer is lower.
+    """
+    train = _raw("train")
+    by_question: dict[str, Counter] = defaultdict(Counter)
+    for question, answer in zip(train.questions, train.answers):
+        by_question[question][answer] += 1
+    fallback = Counter(train.answers).most_common(1)[0][0]
+    raw = _raw("test" if split == "test" else "train")
+    hits: dict[str, list[int]] = defaultdict(list)
+    for question, answer in zip(raw.questions, raw.answers):
+        guess = by_question[question].most_common(1)[0][0] if question in by_question else fallback
+        hits["overall"].append(int(guess == answer))
+        hits[question_category(answer)].append(int(guess == answer))
+    return {k: sum(v) / len(v) for k, v in hits.items()}

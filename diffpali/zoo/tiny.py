@@ -22,22 +22,12 @@ from ..config import TinySpec
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 #: Bump when the build recipe changes in a way the spec does not capture.
-RECIPE_VERSION = 7
-
-
-#: The recipe of one-stage specs (``mixture_steps=0``), which keep the key they had before stage 2 existed.
-ONE_STAGE_RECIPE_VERSION = 6
+RECIPE_VERSION = 8
 
 
 def spec_key(spec: TinySpec) -> str:
     """Short stable hash of the spec and recipe version: the cache key of a built base."""
-    fields = asdict(spec)
-    recipe = RECIPE_VERSION
-    if not spec.mixture_steps:  # stage 1 alone is what recipe 6 built: same weights, same key
-        fields.pop("mixture_steps")
-        fields.pop("mixture_lr")
-        recipe = ONE_STAGE_RECIPE_VERSION
-    payload = json.dumps({"spec": fields, "recipe": recipe}, sort_keys=True)
+    payload = json.dumps({"spec": asdict(spec), "recipe": RECIPE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

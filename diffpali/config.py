@@ -70,7 +70,7 @@ class TextSpec:
 class Stage0Spec:
     """Stage 0: the vision tower alone, per-token label heads on drawn scenes (thrown away after)."""
 
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 64
     lr: float = 2e-3
 
@@ -79,23 +79,34 @@ class Stage0Spec:
 STAGE1_TASKS = ("vqa", "vqa_drawn", "caption", "exist", "count", "where", "needle", "detect")
 
 
+def _stage1_opening() -> dict[str, float]:
+    return {"caption": 0.6, "vqa_drawn": 0.2, "detect": 0.2}
+
+
 def _stage1_weights() -> dict[str, float]:
-    return {"vqa": 0.2, "vqa_drawn": 0.1, "caption": 0.05, "exist": 0.1, "count": 0.05,
-            "where": 0.15, "needle": 0.15, "detect": 0.2}
+    return {"vqa": 0.15, "vqa_drawn": 0.15, "caption": 0.04, "exist": 0.1, "count": 0.02,
+            "where": 0.24, "needle": 0.2, "detect": 0.1}
 
 
 @dataclass
 class Stage1Spec:
     """Stage 1: projector and decoder on the multimodal mixture (``zoo/tasks.py``), the tower frozen."""
 
-    steps: int = 8000
+    steps: int = 9000
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 100
-    #: share of batches per task (one task per batch): vqa, vqa_drawn, caption, exist, count, where, needle, detect
+    #: share of examples per task: vqa, vqa_drawn, caption, exist, count, where, needle, detect (needle,
+    #: whose prompt is long, gets batches of its own; the others are mixed within batches)
     weights: dict[str, float] = field(default_factory=_stage1_weights)
-    match_layer: int = 2  #: decoder hidden state (0 = embeddings) the training-only match head reads
+    #: the mixture of the first ``opening_steps`` steps: captions, which teach the decoder to read the image
+    opening: dict[str, float] = field(default_factory=_stage1_opening)
+    opening_steps: int = 300
+    #: decoder hidden state (0 = embeddings) the training-only match head reads: after the first layer, so
+    #: that layer binds words to image tokens and the later ones read the answer off them
+    match_layer: int = 1
     match_weight: float = 1.0  #: weight of the match head's loss; 0 turns it off
+    vision_lr_scale: float = 0.0  #: the tower's learning rate as a share of ``lr``; 0 keeps stage 0's tower frozen
 
 
 @dataclass
@@ -148,7 +159,7 @@ class ModelConfig:
             steps = getattr(self.tiny, stage).steps
             if steps < 0:
                 _fail(f"{key}.tiny.{stage}.steps", steps, "must be >= 0")
-        unknown = sorted(set(self.tiny.stage1.weights) - set(STAGE1_TASKS))
+        unknown = sorted((set(self.tiny.stage1.weights) | set(self.tiny.stage1.opening)) - set(STAGE1_TASKS))
         if unknown:
             _fail(f"{key}.tiny.stage1.weights", unknown, f"unknown tasks; allowed: {', '.join(STAGE1_TASKS)}")
         if not 1 <= self.tiny.stage1.match_layer <= t.num_hidden_layers:

@@ -148,3 +148,13 @@ def test_every_field_of_the_spec_is_in_its_key():
     assert spec_key(replace(spec, seed=1)) != spec_key(spec)
     assert spec_key(apply_overrides(spec, ["stage1.weights.detect=0.3"])) != spec_key(spec)
     assert spec_key(apply_overrides(spec, ["stage0.lr=0.001"])) != spec_key(spec)
+
+
+@pytest.mark.parametrize("task", ["vqa", "vqa_drawn"])
+def test_a_yes_no_question_marks_the_image_when_the_named_object_is_there(task):
+    for example in examples(mixture(**{task: 1.0}), 300):
+        if example["suffix"] not in ("yes", "no"):
+            assert example["match"] is None
+            continue
+        named_is_there = (example["suffix"] == "yes") != is_negated(template_of(example["prefix"].removeprefix("answer en ")))
+        assert example["match"] == [float(named_is_there)] * 64

@@ -75,31 +75,32 @@ def first_token_replies(model: Any, processor: Any, examples: list[dict], device
 
 
 def stage1_probe(model: Any, processor: Any, spec: TinySpec, device: str, samples: int = 96) -> dict[str, float]:
-    """Quick held-out read-outs during stage 1: easy-vqa VALIDATION answers and drawn-grid location.
+    """Quick held-out read-outs during stage 1, never on test images.
 
-    Validation questions (first token) and drawn 2x2 grids of a seed no training stream uses; never test.
+    easy-vqa VALIDATION answers by kind (greedy generation), and the paper's two location questions on
+    drawn 2x2 grids of 1, 2 and 4 objects (first answer token), drawn from a seed no training stream uses.
     """
     ds = easy_vqa.load_easy_vqa("validation", limit=4 * samples)
     picked = list(range(0, len(ds), 4))[:samples]
     vqa = [{"image": ds[i]["image"], "prefix": QUESTION_PROMPT.format(question=ds[i]["question"])} for i in picked]
-    truth = [ds[i]["answers"][0] for i in picked]
     replies = generate_for_examples(model, processor, vqa, batch_size=64, max_new_tokens=4, device=device)
-    scores = {"val_vqa": sum(r == t for r, t in zip(replies, truth)) / len(truth)}
-    rng = random.Random("probe/where")
-    grids, rows, cols = [], [], []
-    for k in range(samples):
-        scene = draw_scene(rng, 2, sample_objects(rng, 2, 4), spec.vision.image_size)
-        target = scene.objects[k % 4]
-        grids.append((scene, target))
-    for prompt, key, names in ((TOP_BOTTOM_PROMPT, rows, ("top", "bottom")), (LEFT_RIGHT_PROMPT, cols, ("left", "right"))):
-        examples = [{"image": s.image, "prefix": QUESTION_PROMPT.format(question=prompt.format(caption=t.caption))}
-                    for s, t in grids]
-        replies = first_token_replies(model, processor, examples, device)
-        index = 0 if key is rows else 1
-        key += [r == names[t.cell[index]] for r, (_, t) in zip(replies, grids)]
-    scores["drawn_where_row"] = sum(rows) / samples
-    scores["drawn_where_col"] = sum(cols) / samples
-    scores["drawn_where_exact"] = sum(r and c for r, c in zip(rows, cols)) / samples
+    by_kind: dict[str, list[bool]] = {}
+    for i, reply in zip(picked, replies):
+        by_kind.setdefault(ds[i]["category"], []).append(reply == ds[i]["answers"][0])
+    scores = {f"val_vqa/{kind}": round(sum(v) / len(v), 3) for kind, v in sorted(by_kind.items())}
+    for count in (1, 2, 4):
+        rng = random.Random(f"probe/where/{count}")
+        grids = []
+        for k in range(samples // 2):
+            scene = draw_scene(rng, 2, sample_objects(rng, 2, count), spec.vision.image_size)
+            grids.append((scene, scene.objects[k % count]))
+        right = []
+        for axis, (prompt, names) in enumerate(((TOP_BOTTOM_PROMPT, ("top", "bottom")), (LEFT_RIGHT_PROMPT, ("left", "right")))):
+            examples = [{"image": s.image, "prefix": QUESTION_PROMPT.format(question=prompt.format(caption=t.caption))}
+                        for s, t in grids]
+            replies = first_token_replies(model, processor, examples, device)
+            right.append([r == names[t.cell[axis]] for r, (_, t) in zip(replies, grids)])
+        scores[f"drawn_where_exact/{count}obj"] = round(sum(a and b for a, b in zip(*right)) / len(grids), 3)
     return scores
 
 
@@ -116,7 +117,8 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
     started = time.time()
     per_side = spec.vision.image_size // spec.vision.patch_size
     image_tokens = per_side * per_side
-    mixture = Stage1Mixture(spec.stage1.weights, spec.seed, spec.stage1.steps, spec.vision.image_size, per_side)
+    mixture = Stage1Mixture(spec.stage1.weights, spec.seed, spec.stage1.steps, spec.vision.image_size, per_side,
+                            opening=spec.stage1.opening, opening_steps=spec.stage1.opening_steps)
 
     torch.manual_seed(spec.seed)
     processor = build_processor(train_tokenizer(mixture.corpus(), spec.text.vocab_size), spec)
@@ -149,12 +151,18 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
         info["stage0"] = {"probe_validation_singles": stage0_probe(tower, heads, images, labels, processor.image_processor),
                           "history": runner0.history[-1:]}
 
-    # ---- stage 1: the mixture, tower frozen ----------------------------------------------
-    tower.requires_grad_(False)
+    # ---- stage 1: the mixture (tower frozen, or at a fraction of the learning rate) -------------
+    tune_tower = spec.stage1.vision_lr_scale > 0
+    tower.requires_grad_(tune_tower)
     match_head = torch.nn.Linear(spec.text.hidden_size, 1).to(device)
-    trained = [p for p in model.parameters() if p.requires_grad] + list(match_head.parameters())
+    tower_params = set(tower.parameters())
+    rest = [p for p in model.parameters() if p.requires_grad and p not in tower_params] + list(match_head.parameters())
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if tune_tower:
+        groups.append({"params": list(tower.parameters()), "lr_scale": spec.stage1.vision_lr_scale})
+    trained = [p for g in groups for p in g["params"]]
     runner1 = StageRunner("stage 1", stage1_state, {"model": model, "match": match_head},
-                          torch.optim.AdamW(trained, lr=spec.stage1.lr, weight_decay=0.01),
+                          torch.optim.AdamW(groups, lr=spec.stage1.lr, weight_decay=0.01),
                           spec.stage1.lr, spec.stage1.steps, warmup=spec.stage1.warmup_steps, every=checkpoint_every)
     runner1.resume()
     batches = build_stage1_batches(mixture, processor, spec.stage1.batch_size, image_tokens, device)
@@ -164,7 +172,7 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
                            image_tokens=image_tokens, match_weight=spec.stage1.match_weight)
 
     model.train()
-    tower.eval()  # frozen: no dropout either
+    tower.train(tune_tower)
     runner1.run(stage1_step, trained, progress=progress, probe_every=probe_every,
                 probe=lambda step: stage1_probe(model, processor, spec, device))
     info["stage1"] = {"steps": runner1.step, "probes": [r["probe"] for r in runner1.history if "probe" in r],

@@ -61,7 +61,8 @@ class TokenCache:
 
 
 def collate_stage1(examples: list[dict[str, Any]], tokens: TokenCache, image_tokens: int) -> dict[str, torch.Tensor]:
-    """Right-padded training tensors; labels on the suffix only; ``match`` (B, image_tokens) or absent."""
+    """Right-padded training tensors; labels on the suffix only; ``match`` (B, image_tokens) with
+    ``match_rows`` (B,) marking the rows that have a match target, or neither when no row has one."""
     encoded = [tokens(e["prefix"], e["suffix"]) for e in examples]
     length = max(len(ids) for ids, _ in encoded)
     pad = tokens.processor.tokenizer.pad_token_id
@@ -76,9 +77,10 @@ def collate_stage1(examples: list[dict[str, Any]], tokens: TokenCache, image_tok
     pixels = tokens.processor.image_processor([e["image"] for e in examples], return_tensors="pt")["pixel_values"]
     batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
              "labels": labels, "pixel_values": pixels}
-    if all(e.get("match") is not None for e in examples):
-        batch["match"] = torch.tensor([e["match"] for e in examples])
-        assert batch["match"].shape[1] == image_tokens
+    if any(e.get("match") is not None for e in examples):  # rows without a named object are not scored
+        batch["match"] = torch.tensor([e["match"] if e.get("match") is not None else [0.0] * image_tokens
+                                       for e in examples])
+        batch["match_rows"] = torch.tensor([e.get("match") is not None for e in examples])
     return batch
 
 
@@ -180,8 +182,9 @@ def stage1_loss(model: nn.Module, match_head: nn.Module, batch: dict[str, torch.
     terms = {"lm": lm.item()}
     if not want_match:
         return lm, terms
-    image_states = out.hidden_states[match_layer][:, :image_tokens]  # right-padded: image tokens come first
-    match = F.binary_cross_entropy_with_logits(match_head(image_states).squeeze(-1).float(), batch["match"])
+    rows = batch["match_rows"]
+    image_states = out.hidden_states[match_layer][rows, :image_tokens]  # right-padded: image tokens come first
+    match = F.binary_cross_entropy_with_logits(match_head(image_states).squeeze(-1).float(), batch["match"][rows])
     terms["match"] = match.item()
     return lm + match_weight * match, terms
 
@@ -246,7 +249,7 @@ class StageRunner:
         started, first = time.time(), self.step
         while self.step < self.steps:
             for group in self.optimizer.param_groups:
-                group["lr"] = self.lr * warmup_cosine(self.step, self.steps, self.warmup)
+                group["lr"] = self.lr * group.get("lr_scale", 1.0) * warmup_cosine(self.step, self.steps, self.warmup)
             loss, terms = step_loss(self.step)
             loss.backward()
             nn.utils.clip_grad_norm_(parameters, 1.0)

@@ -87,15 +87,29 @@ class Curriculum:
         return max(1, min(cells, 1 + round(progress * (cells - 1))))
 
 
+#: Tasks whose prompts are so long (MMNeedle's instruction: ~80 tokens) that they get batches of their own.
+LONG_TASKS = ("needle",)
+
+
 class Stage1Mixture:
-    """The mixture as an indexable stream: ``example(step, i)`` is a pure function of its arguments."""
+    """The mixture as an indexable stream: ``example(step, i)`` is a pure function of its arguments.
+
+    A batch is either all of one long task (drawn with that task's weight) or a mix of the short
+    ones, each example drawing its own task: mixed batches keep every step's gradient a blend of
+    tasks, and no short prompt is padded to a long one. For the first ``opening_steps`` the
+    ``opening`` weights apply: captions first, which need no question to be read and teach the
+    decoder to read the image within a few hundred steps (answering questions from scratch leaves
+    it image-blind for thousands).
+    """
 
     def __init__(self, weights: dict[str, float], seed: int, steps: int, image_size: int, tokens_per_side: int,
-                 val_fraction: float = 0.1):
-        unknown = set(weights) - set(TASKS)
+                 val_fraction: float = 0.1, opening: dict[str, float] | None = None, opening_steps: int = 0):
+        unknown = (set(weights) | set(opening or {})) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown stage-1 tasks {sorted(unknown)}: allowed {', '.join(TASKS)}")
         self.weights = {t: w for t, w in weights.items() if w > 0}
+        self.opening = {t: w for t, w in (opening or {}).items() if w > 0}
+        self.opening_steps = opening_steps if self.opening else 0
         self.seed = seed
         self.image_size = image_size
         self.per_side = tokens_per_side
@@ -126,13 +140,30 @@ class Stage1Mixture:
         return self._images[image_id]
 
     # -- the stream -----------------------------------------------------------------------------
-    def task_of_batch(self, step: int) -> str:
-        """One task per batch: prompts differ several-fold in length, and padding would cost more."""
-        rng = random.Random(f"{self.seed}/task/{step}")
-        return rng.choices(list(self.weights), weights=list(self.weights.values()))[0]
+    def weights_at(self, step: int) -> dict[str, float]:
+        return self.opening if step < self.opening_steps else self.weights
+
+    def long_task_of_batch(self, step: int) -> str | None:
+        """The long task this whole batch asks, or None for a batch of mixed short tasks."""
+        weights = self.weights_at(step)
+        draw = random.Random(f"{self.seed}/batch/{step}").random() * sum(weights.values())
+        for task in LONG_TASKS:
+            if task in weights:
+                if draw < weights[task]:
+                    return task
+                draw -= weights[task]
+        return None
+
+    def task_of(self, step: int, index: int) -> str:
+        long_task = self.long_task_of_batch(step)
+        if long_task is not None:
+            return long_task
+        short = {t: w for t, w in self.weights_at(step).items() if t not in LONG_TASKS}
+        rng = random.Random(f"{self.seed}/task/{step}/{index}")
+        return rng.choices(list(short), weights=list(short.values()))[0]
 
     def example(self, step: int, index: int) -> dict[str, Any]:
-        task = self.task_of_batch(step)
+        task = self.task_of(step, index)
         rng = random.Random(f"{self.seed}/{step}/{index}")
         example = getattr(self, f"_{task}")(rng, step)
         example.setdefault("match", None)
@@ -163,8 +194,11 @@ class Stage1Mixture:
         else:
             answer = rng.choices(answers, weights=[len(by_answer[a]) for a in answers])[0]
         question, image_id = rng.choice(by_answer[answer])
-        return {"image": self._train_image(image_id), "prefix": self._ask(question), "suffix": answer,
-                "source": f"easy_vqa/train/{image_id}"}
+        example = {"image": self._train_image(image_id), "prefix": self._ask(question), "suffix": answer,
+                   "source": f"easy_vqa/train/{image_id}"}
+        if answer in ("yes", "no"):  # a named object: is it the one in the image (every token of its one cell)?
+            example["match"] = [float((answer == "yes") != is_negated(template))] * self.per_side**2
+        return example
 
     def _vqa_drawn(self, rng: random.Random, step: int) -> dict[str, Any]:
         shape, color = rng.choice(ALL_LABELS)
@@ -180,6 +214,8 @@ class Stage1Mixture:
             named_shape = shape if present or not asks_shape else rng.choice([s for s in SHAPES if s != shape])
             question = template.format(color=named_color, shape=named_shape)
             answer = "yes" if present != is_negated(template) else "no"
+            return {"image": scene.image, "prefix": self._ask(question), "suffix": answer, "scene": scene,
+                    "match": self._match(scene, (0, 0) if present else None)}
         return {"image": scene.image, "prefix": self._ask(question), "suffix": answer, "scene": scene}
 
     def _caption(self, rng: random.Random, step: int) -> dict[str, Any]:
@@ -250,17 +286,19 @@ class Stage1Mixture:
 
     # -- the tokenizer's training text ----------------------------------------------------------
     def corpus(self) -> list[str]:
-        """Every word and phrase the mixture (and the evaluations' prompts) can produce."""
-        texts = [self._ask(q) for by_answer in self._train_questions.values() for pairs in by_answer.values()
-                 for q, _ in pairs]
-        texts += ["caption en", "top", "bottom", "left", "right", "-1", "yes", "no"]
+        """The mixture's texts, roughly as often as it uses them (the tokenizer's training text):
+        every TRAIN question and answer, and for each label the drawn tasks' prompts and replies."""
+        pairs = [(self._ask(q), a) for a, by_answer in ((a, b) for b in self._train_questions.values() for a, b in b.items())
+                 for q, _ in by_answer]
+        texts = [text for pair in pairs for text in pair]
+        texts += ["caption en", "top", "bottom", "left", "right", "-1", "yes", "no"] * 200
         for shape, color in ALL_LABELS:
             caption = f"a {color} {shape}"
             texts += [caption, self._ask(TOP_BOTTOM_PROMPT.format(caption=caption)),
                       self._ask(LEFT_RIGHT_PROMPT.format(caption=caption)), f"detect {color} {shape}",
-                      self._ask(f"is there a {color} {shape}?"), self._ask(f"how many {color} shapes are there?"),
-                      self._ask(f"how many {shape}s are there?")]
-            texts += [self._ask(NEEDLE_PROMPT.format(M=m, N=n, caption=caption)) for m in (1, 2) for n in (2, 3, 4)]
-        texts += [needle_answer(m, r, c) for m in (1, 2) for r in range(1, 5) for c in range(1, 5)]
-        texts += [str(n) for n in range(17)]
+                      f"{color} {shape}", self._ask(f"is there a {color} {shape}?"),
+                      self._ask(f"how many {color} shapes are there?"), self._ask(f"how many {shape}s are there?")] * 20
+            texts += [self._ask(NEEDLE_PROMPT.format(M=m, N=n, caption=caption)) for m in (1, 2) for n in (2, 3, 4)] * 5
+        texts += [needle_answer(m, r, c) for m in (1, 2) for r in range(1, 5) for c in range(1, 5)] * 20
+        texts += [str(n) for n in range(17)] * 50
         return texts

@@ -32,18 +32,24 @@ def spec_key(spec: TinySpec) -> str:
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> GemmaTokenizer:
-    """Train a Gemma-style BPE (spaces as '▁', byte fallback) on ``corpus``.
+    """Train a Gemma-style BPE (spaces as '▁', byte fallback) on ``corpus``, counted with its repeats.
 
-    Training splits words at '▁' so no merge crosses a word boundary; GemmaTokenizer then applies
-    the merges to whole strings and gets the same word pieces.
+    Training splits words at '▁' and isolates punctuation, so no merge crosses a word boundary or
+    glues a mark to a word: "circle", "circle." and "circle?" are one token "▁circle" and a mark, as
+    in Gemma's own vocabulary, not three unrelated tokens. GemmaTokenizer then applies the merges to
+    whole strings and gets the same pieces. Repeats count, so the words the model reads and answers
+    most (colours, shapes, yes, no) become single tokens.
     """
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
     tokenizer.normalizer = normalizers.Replace(" ", "▁")
-    tokenizer.pre_tokenizer = pre_tokenizers.Split(pattern="▁", behavior="merged_with_next")
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(pattern="▁", behavior="merged_with_next"),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+    ])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + BYTE_TOKENS, show_progress=False
     )
-    tokenizer.train_from_iterator(sorted(set(corpus)), trainer)
+    tokenizer.train_from_iterator(sorted(corpus), trainer)
     model = json.loads(tokenizer.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     return GemmaTokenizer(vocab=model["vocab"], merges=merges)

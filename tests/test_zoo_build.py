@@ -158,3 +158,16 @@ def test_a_yes_no_question_marks_the_image_when_the_named_object_is_there(task):
             continue
         named_is_there = (example["suffix"] == "yes") != is_negated(template_of(example["prefix"].removeprefix("answer en ")))
         assert example["match"] == [float(named_is_there)] * 64
+
+
+def test_a_checkpoint_of_another_spec_is_refused_but_stage_zero_is_shared(tmp_path):
+    spec = tiny_spec()
+    build_base(spec, tmp_path / "a", work_dir=tmp_path / "work", progress=False, probe_every=0)
+    other_stage1 = apply_overrides(spec, ["stage1.lr=0.001"])
+    with pytest.raises(RuntimeError, match=r"stage1\.pt: a checkpoint of stage 1 for another spec"):
+        build_base(other_stage1, tmp_path / "b", work_dir=tmp_path / "work", progress=False, probe_every=0)
+    (tmp_path / "work" / "stage1.pt").unlink()  # stage 0 is the same for both specs: it is reused
+    written = (tmp_path / "work" / "stage0.pt").stat().st_mtime_ns
+    build_base(other_stage1, tmp_path / "b", work_dir=tmp_path / "work", progress=False, probe_every=0)
+    assert (tmp_path / "work" / "stage0.pt").stat().st_mtime_ns == written  # resumed at its end, not retrained
+    assert (tmp_path / "b" / "model.safetensors").is_file()

@@ -39,7 +39,7 @@ from .stages import (
     stage1_loss,
 )
 from .tasks import FORMATS, QUESTION_PROMPT, Stage1Mixture
-from .tiny import build_config, build_processor, spec_key, train_tokenizer
+from .tiny import build_config, build_processor, spec_key, stage0_key, train_tokenizer
 
 log = logging.getLogger(__name__)
 BUILD_INFO = "build_info.json"
@@ -132,7 +132,7 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
     tower = model.model.vision_tower
     heads = TokenLabelHeads(spec.vision.hidden_size, per_side).to(device)
     stage0_params = list(tower.parameters()) + list(heads.parameters())
-    runner0 = StageRunner("stage 0", work_dir / "stage0.pt", {"tower": tower, "heads": heads},
+    runner0 = StageRunner("stage 0", stage0_key(spec), work_dir / "stage0.pt", {"tower": tower, "heads": heads},
                           torch.optim.AdamW(stage0_params, lr=spec.stage0.lr, weight_decay=0.01),
                           spec.stage0.lr, spec.stage0.steps, warmup=50, every=checkpoint_every)
     stage1_state = work_dir / "stage1.pt"
@@ -161,7 +161,7 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
     if tune_tower:
         groups.append({"params": list(tower.parameters()), "lr_scale": spec.stage1.vision_lr_scale})
     trained = [p for g in groups for p in g["params"]]
-    runner1 = StageRunner("stage 1", stage1_state, {"model": model, "match": match_head},
+    runner1 = StageRunner("stage 1", key, stage1_state, {"model": model, "match": match_head},
                           torch.optim.AdamW(groups, lr=spec.stage1.lr, weight_decay=0.01),
                           spec.stage1.lr, spec.stage1.steps, warmup=spec.stage1.warmup_steps, every=checkpoint_every)
     runner1.resume()

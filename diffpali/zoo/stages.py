@@ -209,6 +209,7 @@ class StageRunner:
     """
 
     name: str
+    key: str  #: what the stage depends on (a hash); a checkpoint of another key is refused, never resumed
     state_path: Path
     modules: dict[str, nn.Module]
     optimizer: torch.optim.Optimizer
@@ -227,6 +228,9 @@ class StageRunner:
         except Exception as err:  # a torn write cannot happen (atomic rename); anything else is named
             raise RuntimeError(f"{self.state_path}: unreadable build checkpoint ({type(err).__name__}); delete it "
                                f"and run the build again to restart {self.name} from step 0") from err
+        if state.get("key") != self.key:
+            raise RuntimeError(f"{self.state_path}: a checkpoint of {self.name} for another spec (key {state.get('key')}, "
+                               f"this build {self.key}); use another work directory, or delete it to restart")
         for key, module in self.modules.items():
             module.load_state_dict(state["modules"][key])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -236,7 +240,7 @@ class StageRunner:
 
     def save(self) -> None:
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        torch.save({"modules": {k: m.state_dict() for k, m in self.modules.items()},
+        torch.save({"key": self.key, "modules": {k: m.state_dict() for k, m in self.modules.items()},
                     "optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history}, tmp)
         tmp.replace(self.state_path)
 

@@ -10,7 +10,7 @@ Tasks (each prompt in the wording the evaluations use, each image drawn or from 
 - ``vqa``      easy-vqa TRAIN questions, yes/no balanced within each question template;
 - ``vqa_drawn`` the same templates asked about a drawn easy-vqa-like tile, balanced likewise;
 - ``caption``  ``caption en`` -> "a red circle and a blue triangle" (objects in reading order);
-- ``exist``    "is there a {colour} {shape}?" on a drawn grid, half present, half absent;
+- ``exist``    easy-vqa's yes/no phrasings, negated ones too, about a colour, a shape or both on a drawn grid;
 - ``count``    "how many {colour} shapes are there?" and the like, on a drawn grid;
 - ``where``    the paper's "Caption: ... Where is the caption? Top or Bottom?" (or Left or Right) on a 2 x 2 grid;
 - ``needle``   MMNeedle's instruction, M = 1, N = 2..4, half the captions absent (answer -1);
@@ -62,6 +62,11 @@ def template_of(question: str) -> str:
 
 def is_negated(template: str) -> bool:
     return " not " in template or template.startswith("is no ")
+
+
+def named_by(obj, color: str, shape: str, by_color: bool, by_shape: bool) -> bool:
+    """Whether ``obj`` is what a question naming ``color`` (if ``by_color``) and ``shape`` (if ``by_shape``) asks about."""
+    return (not by_color or obj.color == color) and (not by_shape or obj.shape == shape)
 
 
 def loc_tokens(box: tuple[float, float, float, float], size: int) -> str:
@@ -225,18 +230,33 @@ class Stage1Mixture:
                 "scene": scene}
 
     def _exist(self, rng: random.Random, step: int) -> dict[str, Any]:
+        """easy-vqa's yes/no phrasings (negated ones too) about a drawn grid, half about something there.
+
+        The named thing is a colour, a shape, or both ("is there not a red circle?"); the match target
+        marks every cell holding it, whatever the negation: the answer is that, flipped by "not"/"no".
+        """
         scene = self._grid_scene(rng, step, rng.choice((1, 2, 3, 4)))
-        present = rng.random() < 0.5 or len(scene.objects) == len(ALL_LABELS)
-        if present:
+        template = rng.choice([t for t in self.templates if not t.startswith("what")])
+        if rng.random() < 1 / 3:  # a whole object: "{color} shape" / "{shape}" becomes "{color} {shape}"
+            template = template.replace("{color} shape", "{color} {shape}").replace("a {shape}", "a {color} {shape}")
+        wants_color, wants_shape = "{color}" in template, "{shape}" in template
+
+        def named(obj) -> bool:
+            return named_by(obj, color, shape, wants_color, wants_shape)
+
+        if rng.random() < 0.5:
             target = rng.choice(scene.objects)
-            shape, color, cell = target.shape, target.color, target.cell
-        else:
-            shown = {(o.shape, o.color) for o in scene.objects}
-            shape, color = rng.choice([label for label in ALL_LABELS if label not in shown])
-            cell = None
-        question = f"is there a {color} {shape}?"
-        return {"image": scene.image, "prefix": self._ask(question), "suffix": "yes" if present else "no",
-                "match": self._match(scene, cell), "scene": scene}
+            color, shape = target.color, target.shape
+        else:  # something no object in the scene is
+            absent = [(s, c) for s, c in ALL_LABELS if not any(named_by(o, c, s, wants_color, wants_shape)
+                                                                   for o in scene.objects)]
+            shape, color = rng.choice(absent) if absent else (scene.objects[0].shape, scene.objects[0].color)
+        present = any(named(o) for o in scene.objects)
+        answer = "yes" if present != is_negated(template) else "no"
+        cells = {o.cell for o in scene.objects if named(o)}
+        match = [float(c in cells) for c in scene.token_cells(self.per_side)]
+        return {"image": scene.image, "prefix": self._ask(template.format(color=color, shape=shape)), "suffix": answer,
+                "match": match, "scene": scene}
 
     def _count(self, rng: random.Random, step: int) -> dict[str, Any]:
         scene = self._grid_scene(rng, step, rng.choice((2, 3, 4)), at_least=0)

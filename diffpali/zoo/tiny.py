@@ -31,6 +31,14 @@ def spec_key(spec: TinySpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
+def stage0_key(spec: TinySpec) -> str:
+    """Hash of what stage 0 depends on (the tower, its recipe, the seed): a stage-0 checkpoint serves
+    every spec that differs from it only after stage 0."""
+    payload = json.dumps({"vision": asdict(spec.vision), "stage0": asdict(spec.stage0), "seed": spec.seed,
+                          "recipe": RECIPE_VERSION}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> GemmaTokenizer:
     """Train a Gemma-style BPE (spaces as '▁', byte fallback) on ``corpus``, counted with its repeats.
 

@@ -78,7 +78,7 @@ def main() -> None:
         for name, old, new in changed:
             print(f"  {name:28s} {old or '(not in the lock)':>14s} -> {new}")
         if not changed:
-            print("  none: the newest allowed versions are the locked ones")
+            print("  none: identical to the lock")
         return
     py = ".".join(platform.python_version_tuple()[:2])
     print("# Exact versions the test suite passed with; scripts/setup.sh installs them (pip -c) by default.")

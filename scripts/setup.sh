@@ -52,22 +52,39 @@ torch_ok() {  # torch imports and, with the lock, is the locked version (local t
   "$VENV/bin/python" -c "import sys, torch; sys.exit(0 if '$MODE' == 'latest' or 'torch==' + torch.__version__.split('+')[0] == '$TORCH_SPEC' else 1)" 2>/dev/null
 }
 
+from_cpu_index() {  # pip's config may add other indexes (CUDA builds): keep the result only if it is a CPU build
+  "${PIP[@]}" install --upgrade --no-deps --retries 1 --timeout 30 "$TORCH_SPEC" \
+      --index-url https://download.pytorch.org/whl/cpu 2>/dev/null && cpu_torch && return 0
+  "$VENV/bin/python" -m pip uninstall -y -q torch 2>/dev/null || true
+  return 1
+}
+from_local() {  # a CPU build pip can already find (its find-links or wheel cache)
+  "${PIP[@]}" install "${UPGRADE[@]}" --no-index --no-deps "$TORCH_SPEC" 2>/dev/null && cpu_torch
+}
+
 if ! torch_ok || [ "$MODE" = latest ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "setup: NVIDIA GPU found, installing the CUDA build of torch ($TORCH_SPEC)"
     "${PIP[@]}" install "${UPGRADE[@]}" "$TORCH_SPEC"
-  elif [ "$MODE" = latest ] && "${PIP[@]}" install --upgrade --retries 1 --timeout 30 "$TORCH_SPEC" \
-      --index-url https://download.pytorch.org/whl/cpu 2>/dev/null; then
+  elif [ "$MODE" = latest ] && from_cpu_index; then
     echo "setup: no GPU; installed the newest CPU build of torch from the PyTorch CPU index"
-  elif "${PIP[@]}" install "${UPGRADE[@]}" --no-index --no-deps "$TORCH_SPEC" 2>/dev/null && cpu_torch; then
+  elif from_local; then
     echo "setup: no GPU; installed the CPU build of torch that pip found locally ($TORCH_SPEC)"
+  elif [ "$MODE" = locked ] && from_cpu_index; then
+    echo "setup: no GPU; installed the CPU build of torch ($TORCH_SPEC) from the PyTorch CPU index"
   else
-    "$VENV/bin/python" -m pip uninstall -y -q torch 2>/dev/null || true
-    echo "setup: no GPU; installing the CPU build of torch ($TORCH_SPEC) from the PyTorch CPU index"
-    "${PIP[@]}" install "$TORCH_SPEC" --index-url https://download.pytorch.org/whl/cpu
+    echo "setup: no CPU build of torch ($TORCH_SPEC) found, locally or on the PyTorch CPU index" >&2
+    exit 1
   fi
 fi
-# torch is now satisfied, so this adds only its small dependencies and the project's own.
+# torch is now satisfied, so this adds only its small dependencies and the project's own. --latest
+# upgrades everything else; torch stays the build chosen above (an eager upgrade would swap a CPU
+# build for PyPI's CUDA one).
+if [ "$MODE" = latest ]; then
+  KEEP_TORCH="$VENV/torch-constraint.txt"
+  "$VENV/bin/python" -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" > "$KEEP_TORCH"
+  CONSTRAINTS=(-c "$KEEP_TORCH")
+fi
 "${PIP[@]}" install "${UPGRADE[@]}" "${CONSTRAINTS[@]}" -e ".[dev]"
 "$VENV/bin/python" -c "import torch; print(f'setup: torch {torch.__version__}, cuda available: {torch.cuda.is_available()}')"
 if [ "$MODE" = locked ]; then

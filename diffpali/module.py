@@ -78,6 +78,8 @@ class DiffPaliModule(L.LightningModule):
         self.skipped_steps = 0  #: optimiser steps dropped for a non-finite loss or gradient (on_nonfinite=skip)
         self._step_ids: list[Any] = []  # question ids since the last optimiser step
         self._step_loss_finite = True
+        self._step_skipped = False  # the update just dropped must not advance the learning-rate schedule
+        self._drop_update = False  # some rank's batch was wholly unreadable: every rank drops this update
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
@@ -86,8 +88,14 @@ class DiffPaliModule(L.LightningModule):
             log.warning("skipped in training: %s", message)
         if batch.get("skipped"):
             self.log("data/skipped_records_in_training", float(self.skipped_records), batch_size=1)
-        if not batch["meta"]:  # every example of the batch was unreadable (on_bad_record=skip)
-            return None
+        if "skipped" in batch and self._any_rank_empty(not batch["meta"]):
+            # Every example of this rank's batch (or another rank's) was unreadable (on_bad_record=skip).
+            if self.trainer.world_size == 1:
+                return None  # Lightning skips the step
+            # Under DDP every rank must run backward (the gradient all-reduce waits for all of them; Lightning
+            # refuses None there): a zero loss over every trainable parameter, then no update in any rank.
+            self._drop_update = True
+            return sum((p.sum() for p in self.model.parameters() if p.requires_grad), torch.zeros((), device=self.device)) * 0.0
         self._step_ids.extend(m.get("question_id") for m in batch["meta"])
         loss = self.model(**model_inputs(batch)).loss
         if not torch.isfinite(loss):
@@ -95,8 +103,22 @@ class DiffPaliModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["meta"]))
         return loss
 
+    def _any_rank_empty(self, empty: bool) -> bool:
+        if self.trainer.world_size == 1:
+            return empty
+        flag = self.trainer.strategy.reduce(torch.tensor(float(empty), device=self.device), reduce_op="sum")
+        return bool(flag.item())
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final here (accumulated, all-reduced) and not yet applied."""
+        if self._drop_update:  # the same in every rank (decided by an all-reduce in training_step)
+            self._drop_update = False
+            self._step_ids, self._step_loss_finite = [], True
+            for p in self.model.parameters():
+                p.grad = None
+            self._step_skipped = True
+            log.warning("skipped the optimiser step at step %d: a rank's batch was wholly unreadable", self.global_step)
+            return
         bad_grad = first_nonfinite_grad(self.model.named_parameters())
         bad = torch.tensor(float(bad_grad is not None or not self._step_loss_finite))
         if self.trainer.world_size > 1:  # every rank must take the same decision, or DDP hangs
@@ -113,9 +135,18 @@ class DiffPaliModule(L.LightningModule):
             raise NonFiniteError(report)
         for p in self.model.parameters():  # AdamW leaves parameters without a gradient untouched
             p.grad = None
+        self._step_skipped = True
         self.skipped_steps += 1
         log.warning("skipped the optimiser step: %s", report)
         self.log("train/skipped_steps", float(self.skipped_steps), batch_size=1)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Lightning steps the schedule after every optimiser step; a skipped update leaves it where it was,
+        so the warm-up and decay count the updates actually applied."""
+        if self._step_skipped:
+            self._step_skipped = False
+            return
+        super().lr_scheduler_step(scheduler, metric)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=max(1, len(batch["meta"])))
@@ -160,7 +191,7 @@ class DiffPaliModule(L.LightningModule):
                 self.test_predictions.append(
                     {
                         "question_id": m["question_id"],
-                        "image": m["ref"],
+                        "ref": m["ref"],  # the runner adds the image for the W&B table
                         "question": m["question"],
                         "prediction": p,
                         "answers": m["answers"],

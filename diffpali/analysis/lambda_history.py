@@ -29,12 +29,16 @@ class LambdaHistory(L.Callback):
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / HISTORY_FILE
         self._last_step: int | None = None  # with gradient accumulation several batches end on one step
+        self._vanilla = False
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
+        if self._vanilla:
+            return
         values = lambda_values(pl_module.model if hasattr(pl_module, "model") else pl_module)
         if not values:
+            self._vanilla = True  # no differential layer now, none later: stop walking the model
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:

@@ -99,6 +99,7 @@ def main() -> None:
     from diffpali.checkpointing import RNGState
     from diffpali.config import OptimConfig
     from diffpali.console import configure_console
+    from diffpali.data.datamodule import VQADataModule
     from diffpali.module import DiffPaliModule
 
     torch.set_num_threads(args.threads)
@@ -116,6 +117,14 @@ def main() -> None:
 
     def loader() -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(SameBatch(), batch_size=None, collate_fn=_as_is)
+
+    class SameBatches(L.LightningDataModule):
+        """What train.py's datamodule hands Lightning: the batch, moved by its own transfer hook."""
+
+        transfer_batch_to_device = VQADataModule.transfer_batch_to_device
+
+        def train_dataloader(self) -> torch.utils.data.DataLoader:
+            return loader()
 
     hand = hand_written(plain_model, loader(), total)
     times: dict[str, list[float]] = {"lightning": [], "hand": []}
@@ -144,7 +153,7 @@ def main() -> None:
                             enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                             log_every_n_steps=10, num_sanity_val_steps=0, limit_val_batches=0,
                             callbacks=[RNGState(), LambdaHistory(tmp), Interleave()], default_root_dir=tmp)
-        trainer.fit(module, train_dataloaders=loader())
+        trainer.fit(module, datamodule=SameBatches())
     lightning, plain = statistics.median(times["lightning"][1:]), statistics.median(times["hand"][1:])
     ratio = lightning / plain
     print(f"LoRA training step, embedded default (shipped tiny base, attn={args.attn}, LoRA r16), batch {args.batch_size}, "

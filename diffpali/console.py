@@ -3,25 +3,27 @@
 - **Each line once.** Hydra's root handlers print the console and write ``<run dir>/<job>.log``;
   Lightning's own console handler is removed, so its lines are not printed a second time.
 - **Console: our lines and every warning.** The console shows diffpali's INFO lines (phase
-  summaries, progress) and WARNING or worse from everyone; other libraries' INFO lines ("GPU
-  available: False", "Seed set to 0") go to the log file only. Python warnings are routed through
-  logging, so they reach both, once (``conf/hydra/job_logging/diffpali.yaml``).
+  summaries, progress; rank 0's only under DDP) and WARNING or worse from everyone; other
+  libraries' INFO lines ("GPU available: False", "Seed set to 0") go to the log file only. Python
+  warnings are routed through logging, so they reach both, once (conf/hydra/job_logging/diffpali.yaml).
 - **Noise filtered at its source**, each filter naming one message: Lightning's advertisements
   (the litlogger and litmodels tips), and deprecation warnings raised inside third-party code that
   a user cannot act on. Anything else, every warning that could matter to a user included, is kept.
-- **Our progress bar** (:class:`diffpali.progress.ConsoleProgress`): one redrawn line on a terminal, a log line every
-  tenth of the run otherwise; and one line per phase (validation, training, test).
+- **Our progress bar** (:class:`diffpali.progress.ConsoleProgress`): one redrawn line on a
+  terminal, a log line every tenth of the run otherwise; and one line per phase (validation,
+  training, test).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 #: (message regex, category, why it is safe to hide): deprecations inside third-party code.
 KNOWN_NOISE: tuple[tuple[str, type[Warning], str], ...] = (
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning,
-     "peft probes this transformers attribute when wrapping a model; fixed in peft, not here"),
+     "peft probes this transformers attribute when it wraps a model: nothing a user can change"),
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", Warning,
      "torch deprecation hit inside lightning.pytorch.utilities._pytree"),
     (r"You're resuming from a checkpoint that ended before the epoch ended", Warning,
@@ -50,7 +52,16 @@ class ConsoleFilter(logging.Filter):
             return False
         if record.levelno >= logging.WARNING:
             return True
+        if not _rank_zero():  # under DDP every rank runs the same job: its INFO lines once, from rank 0
+            return False
         return record.name == "diffpali" or record.name.startswith("diffpali.")
+
+
+def _rank_zero() -> bool:
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):  # as Lightning reads the rank
+        if os.environ.get(key) is not None:
+            return os.environ[key].strip() == "0"
+    return True
 
 
 class ConsoleFormatter(logging.Formatter):

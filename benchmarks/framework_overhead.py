@@ -1,19 +1,20 @@
 """What the framework costs: train.py's Lightning training step against a hand-written PyTorch + peft loop.
 
-    python benchmarks/framework_overhead.py [--blocks 10] [--block 20] [--batch-size 32] [--attn vanilla]
+    python benchmarks/framework_overhead.py [--blocks 10] [--block 20] [--batch-size 32] [--attn vanilla] [--control]
 
 Both sides train the same model (the shipped tiny base with the configured variant and LoRA, two
 copies from one seed) on the same easy-vqa batch, with the same AdamW, warm-up/cosine schedule and
 gradient clipping at 1.0. The Lightning side is what ``python train.py`` runs per step: Trainer +
 DiffPaliModule (its non-finite guard, the schedule, train/loss and train/lr logging, lambda every
-``log_every_n_steps``), with RNGState and LambdaHistory; no logger and no checkpoint writes (those
-are I/O, not framework). The hand-written side iterates its own DataLoader of the same batch: forward, backward, clip,
-step, schedule, zero_grad.
+``log_every_n_steps``), with RNGState, LambdaHistory and the progress lines; no logger and no
+checkpoint writes (those are I/O, not framework). The hand-written side iterates its own DataLoader
+of the same batch: forward, backward, clip, step, schedule, zero_grad.
 
 They run in one process and take turns: a block of Lightning steps (timed from the end of the
 previous hand-written block, so the data fetch and every hook between steps count), then a block of
 hand-written steps, and so on; the first pair warms up. Per-step medians over the blocks; the ratio
-is Lightning / hand-written, with 1.05 as the target.
+is Lightning / hand-written, with 1.05 as the target. ``--control`` runs the hand-written loop
+against a second copy of itself the same way: its ratio is the noise floor of the machine.
 """
 
 from __future__ import annotations
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="train.py's default for easy-vqa")
     parser.add_argument("--attn", default="vanilla", help="vanilla (train.py's default) | diff_dup | diff_split")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--control", action="store_true", help="hand-written loop against itself (noise floor)")
     args = parser.parse_args()
 
     import lightning as L
@@ -101,6 +103,7 @@ def main() -> None:
     from diffpali.console import configure_console
     from diffpali.data.datamodule import VQADataModule
     from diffpali.module import DiffPaliModule
+    from diffpali.progress import ConsoleProgress
 
     torch.set_num_threads(args.threads)
     configure_console()
@@ -128,6 +131,16 @@ def main() -> None:
 
     hand = hand_written(plain_model, loader(), total)
     times: dict[str, list[float]] = {"lightning": [], "hand": []}
+    if args.control:
+        other = hand_written(lightning_model, loader(), total)
+        for _ in range(args.blocks + 1):
+            times["lightning"].append(other(args.block))
+            times["hand"].append(hand(args.block))
+        first, second = statistics.median(times["lightning"][1:]), statistics.median(times["hand"][1:])
+        print(f"control: hand-written loop against itself, batch {args.batch_size}, {args.threads} thread(s); "
+              f"median of {args.blocks} interleaved blocks of {args.block} steps")
+        print(f"  first {1000 * first:.2f} ms/step, second {1000 * second:.2f} ms/step, ratio {first / second:.3f}x")
+        return
 
     class Interleave(L.Callback):
         """Ends a Lightning block every ``block`` steps, runs a hand-written block, restarts the clock."""
@@ -152,7 +165,8 @@ def main() -> None:
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=total, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                             log_every_n_steps=10, num_sanity_val_steps=0, limit_val_batches=0,
-                            callbacks=[RNGState(), LambdaHistory(tmp), Interleave()], default_root_dir=tmp)
+                            callbacks=[RNGState(), LambdaHistory(tmp), ConsoleProgress(interactive=False), Interleave()],
+                            default_root_dir=tmp)
         trainer.fit(module, datamodule=SameBatches())
     lightning, plain = statistics.median(times["lightning"][1:]), statistics.median(times["hand"][1:])
     ratio = lightning / plain

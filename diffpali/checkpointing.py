@@ -94,20 +94,28 @@ def resolve_resume(ckpt_path: Optional[str], output_dir: Path) -> Optional[Path]
     return path
 
 
+#: diffpali writes checkpoints atomically (AtomicCheckpointIO), so a damaged one was damaged afterwards.
+CHECKPOINT_REMEDY = ("Restore it from a copy, or start the run afresh without resuming (ckpt_path=null, "
+                     "or delete the file with ckpt_path=auto); the steps it held are then trained again")
+
+
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only``); an unreadable file is named, not a bare unpickling error."""
+    """Load a checkpoint safely (``weights_only``); an unreadable file is named with what to do, not a bare error."""
     import pickle
     import re
+
+    from .files import UnreadableFileError, _describe
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         what = found.group(1) if found else str(err).splitlines()[0]
-        raise ValueError(f"checkpoint {path} cannot be read safely: it holds a pickled object ({what}) and "
-                         "diffpali loads checkpoints with weights_only=True (tensors and plain data only)") from err
+        raise UnreadableFileError(path, f"it holds a pickled object ({what}), and diffpali loads checkpoints with "
+                                  "weights_only=True (tensors and plain data only)",
+                                  "Resume from a checkpoint written by diffpali's train.py") from err
     except Exception as err:  # truncated or not a checkpoint at all
-        raise ValueError(f"checkpoint {path} cannot be read ({type(err).__name__}: {err})") from err
+        raise UnreadableFileError(path, f"truncated or corrupt ({_describe(err)})", CHECKPOINT_REMEDY) from err
 
 
 # ------------------------------------------------------------------------------------ signature

@@ -16,9 +16,10 @@ the exception is re-raised to Hydra. Hydra's basic sweeper catches it, runs the 
 batch (all jobs, unless ``hydra.sweeper.max_batch_size`` is set), then re-raises the first failure:
 every job gets its chance, and the sweep still exits with a non-zero status. A bad config value
 exits a single run with status 2 and one line naming the key; in a multirun it fails that job only.
-A bad data record, a checkpoint written for another model or a non-finite loss ends a single run
-with status 1 and one line naming the record, the differing fields or the step (see README,
-"Resuming, bad data, failures"); ``failed.json`` holds the traceback.
+A bad data record, a checkpoint written for another model, a damaged file (adapter, checkpoint,
+base model) or a non-finite loss ends a single run with status 1 and one line naming the record,
+the differing fields, the file or the step, and what to do (see README, "Resuming, bad data,
+failures"); ``failed.json`` holds the traceback, and ``HYDRA_FULL_ERROR=1`` prints it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, to_typed
+from .console import FILE_ONLY
 from .jsonio import write_json_atomic
 
 log = logging.getLogger("diffpali")
@@ -81,7 +83,9 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    _route_lightning_logs_through_hydra()
+    from .console import configure_console, filter_known_noise
+
+    filter_known_noise()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     record = _JobRecord(hc, schema)
@@ -96,17 +100,20 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
         raise
     if multirun and hasattr(typed, "logger") and typed.logger.group is None:
         typed.logger.group = sweep_group(getattr(typed, "experiment_name", "sweep"), hc.sweep.dir)
+    configure_console()  # once the config is valid: it imports Lightning, which a config error need not wait for
     out = Path(getattr(typed, "output_dir", None) or hc.runtime.output_dir)
     record.started(out, typed)
     try:
         metrics = job(typed, run_name())
     except BaseException as err:  # KeyboardInterrupt too: the job did not finish, say so
-        record.failed(out, err, typed)
+        one_line = not multirun and isinstance(err, reported_errors()) and os.environ.get("HYDRA_FULL_ERROR") != "1"
+        record.failed(out, err, typed, console=not one_line)
         from .loggers import finish_failed
 
         finish_failed()
-        if not multirun and isinstance(err, reported_errors()):
-            # The message already names the record, checkpoint field or step: a traceback adds nothing.
+        if one_line:
+            # The message already names the record, file, checkpoint field or step and what to do: a
+            # traceback adds nothing (HYDRA_FULL_ERROR=1 still shows it; failed.json keeps its tail).
             print(f"{type(err).__name__}: {err}", file=sys.stderr)
             sys.exit(1)
         raise
@@ -118,9 +125,10 @@ def reported_errors() -> tuple[type[BaseException], ...]:
     """Failures whose message says everything (what, where, what to do): printed as one line, exit status 1."""
     from .checkpointing import CheckpointMismatchError
     from .data.schema import BadRecordError
+    from .files import UnreadableFileError
     from .nonfinite import NonFiniteError
 
-    return (BadRecordError, CheckpointMismatchError, NonFiniteError)
+    return (BadRecordError, CheckpointMismatchError, NonFiniteError, UnreadableFileError)
 
 
 def sweep_group(experiment_name: str, sweep_dir: str) -> str:
@@ -229,7 +237,7 @@ class _JobRecord:
         if is_rank_zero():
             write_json_atomic(out / JOB_FILE, self._payload("completed", typed))
 
-    def failed(self, out: Path, err: BaseException, typed: Any) -> None:
+    def failed(self, out: Path, err: BaseException, typed: Any, console: bool = True) -> None:
         if not is_rank_zero():
             return
         try:
@@ -246,7 +254,8 @@ class _JobRecord:
             }
             write_json_atomic(out / FAILED_FILE, failure)
             write_json_atomic(out / JOB_FILE, self._payload("failed", typed))
-            log.error("job failed: %s: %s (recorded in %s)", type(err).__name__, err, out / FAILED_FILE)
+            log.error("job failed: %s: %s (recorded in %s)", type(err).__name__, err, out / FAILED_FILE,
+                      extra={FILE_ONLY: not console})
         except OSError as io_err:  # never hide the job's own error behind a bookkeeping one
             log.error("could not record the failure in %s: %s", out, io_err)
 
@@ -261,12 +270,3 @@ def _plain(cfg: DictConfig) -> dict[str, Any] | None:
 
 def _stamp(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t))
-
-
-def _route_lightning_logs_through_hydra() -> None:
-    """Lightning adds its own console handler; Hydra's root handlers already print and write the
-    job's log file, so each line would appear twice."""
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logger = logging.getLogger(name)
-        logger.handlers.clear()
-        logger.propagate = True

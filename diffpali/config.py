@@ -463,10 +463,18 @@ class TrainConfig:
         if self.ckpt_every_n_steps < 0:
             _fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at each epoch end instead)")
         _choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
-        name_or_path = self.model.name_or_path
-        if self.model.source == "pretrained" and name_or_path.startswith(("/", ".", "~")):
-            if not Path(name_or_path).expanduser().is_dir():
-                _fail("model.name_or_path", name_or_path, "local directory does not exist (or give a Hub id)")
+        _check_local_model(self.model)
+        if self.trainer.strategy.startswith("fsdp") and self.trainer.accelerator not in ("gpu", "cuda"):
+            # Lightning 2.x refuses FSDP without CUDA (its own ValueError, after the data and model have loaded).
+            _fail("trainer.strategy", self.trainer.strategy, "FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp")
+
+
+def _check_local_model(model: ModelConfig, key: str = "model") -> None:
+    """A path-like ``name_or_path`` must be an existing directory: refused before anything loads."""
+    name_or_path = model.name_or_path
+    if model.source == "pretrained" and name_or_path.startswith(("/", ".", "~")):
+        if not Path(name_or_path).expanduser().is_dir():
+            _fail(f"{key}.name_or_path", name_or_path, "local directory does not exist (or give a Hub id)")
 
 
 EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention")
@@ -559,6 +567,7 @@ class EvaluateConfig:
         self.eval.validate("eval")
         self.logger.validate("logger")
         _choice("device", self.device, ("auto", "cpu", "cuda"))
+        _check_local_model(self.model)
         if self.ckpt != "base" and not Path(self.ckpt).expanduser().exists():
             _fail("ckpt", self.ckpt, 'must be a run directory, an adapter directory, or "base"')
 

@@ -71,9 +71,9 @@ def run_vqa(cfg: EvaluateConfig, model: Any, processor: Any, device: str, out: P
         keep_predictions=cfg.logger.log_predictions,
     )
     metrics = {"split": split, "convention": result.convention, **result.as_dict(f"{split}/")}
-    table = EvalTable(["question_id", "question", "prediction", "answers", "score"])
-    for p in result.predictions:
-        table.rows.append([p["question_id"], p["question"], p["prediction"], ", ".join(sorted(set(p["answers"]))), p["score"]])
+    from .runner import PREDICTION_COLUMNS, prediction_rows
+
+    table = EvalTable(PREDICTION_COLUMNS, prediction_rows(result.predictions))
     return EvalOutcome(metrics, score_summary(metrics, split, cfg.data.name, out), {f"{split}/predictions": table})
 
 

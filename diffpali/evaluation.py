@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .data.collate import PaliGemmaCollator, VQAExamples, to_device
+from .data.collate import PaliGemmaCollator, VQAExamples, record_image, to_device
 from .generation import generate_answers
 from .metrics import VQAAccuracy
 
@@ -88,6 +88,7 @@ def score_vqa(
                 break
             kept.append(
                 {
+                    "image": record_image(examples, m["ref"]),  # what the model saw, for the W&B table
                     "question_id": m["question_id"],
                     "question": m["question"],
                     "prediction": p,

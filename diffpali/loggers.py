@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import netrc
 import os
+import secrets
+import string
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,20 +56,54 @@ def variant_tags(config: dict[str, Any]) -> list[str]:
     return tags
 
 
-def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, config: dict[str, Any]) -> Logger | None:
+#: The W&B run of a run directory: ``{"id": ..., "project": ..., "mode": ...}``, so a resume continues it.
+RUN_ID_FILE = "wandb_run.json"
+
+
+def saved_run_id(run_dir: str | Path) -> str | None:
+    """The W&B run id recorded in ``run_dir`` by an earlier start of the same run, if any."""
+    path = Path(run_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    try:
+        return str(json.loads(path.read_text())["id"])
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s is unreadable; the resumed run opens a new W&B run", path)
+        return None
+
+
+def new_run_id() -> str:
+    """A W&B run id (8 lowercase letters and digits), chosen here so it can be recorded before the run starts."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _quiet_wandb() -> None:
+    """W&B's own info lines off (diffpali logs one line per run instead); its warnings and errors stay on."""
+    import wandb
+
+    wandb.setup(wandb.Settings(show_info=False))
+
+
+def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, config: dict[str, Any],
+                resume_id: str | None = None) -> Logger | None:
     """Build the configured logger and record the fully resolved config in it.
 
     A W&B run is named by the job's overrides, grouped by experiment (a multirun job: experiment and
     sweep, set by :func:`diffpali.cli.run_job`), and tagged with ``cfg.tags`` plus :func:`variant_tags`.
+    Its id is written to ``<save_dir>/wandb_run.json``; ``resume_id`` continues that run (a resumed
+    training run) instead of opening a new one.
     """
     if cfg.kind == "none":
         return None
     if cfg.kind == "csv":
         logger: Logger = CSVLogger(save_dir=str(save_dir), name="csv", version="")
     else:
+        import wandb
+
         mode = wandb_mode(cfg)
-        if mode == "offline":
-            log.info("W&B: no login found, logging offline; sync later with `wandb sync %s/wandb/offline-run-*`", save_dir)
+        _quiet_wandb()
+        run_id = resume_id or new_run_id()
         logger = WandbLogger(
             project=cfg.project,
             entity=cfg.entity,
@@ -75,9 +112,30 @@ def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, 
             tags=list(dict.fromkeys([*cfg.tags, *variant_tags(config)])),
             save_dir=str(save_dir),
             mode=mode,
+            id=run_id,
         )
+        # Lightning always passes anonymous=None, which W&B >= 0.19 answers with a deprecation line.
+        logger._wandb_init.pop("anonymous", None)
+        _record_run(logger, Path(save_dir), run_id, mode, resumed=resume_id is not None)
     logger.log_hyperparams(config)
     return logger
+
+
+def _record_run(logger: WandbLogger, save_dir: Path, run_id: str, mode: str, resumed: bool) -> None:
+    """Write the run's id to the run directory and say in one line where the run is (rank zero only)."""
+    from .cli import is_rank_zero
+    from .jsonio import write_json_atomic
+
+    if not is_rank_zero() or mode == "disabled":
+        return
+    run = logger.experiment  # starts the W&B run
+    write_json_atomic(save_dir / RUN_ID_FILE, {"id": run_id, "project": run.project, "mode": mode})
+    what = f"continuing run {run_id}" if resumed else f"run {run_id}"
+    if mode == "offline":
+        log.info("W&B: offline, %s in %s; sync later with `wandb sync %s`", what, run.settings.sync_dir,
+                 run.settings.sync_dir)
+    else:
+        log.info("W&B: %s at %s", what, getattr(run, "url", None) or "(no URL)")
 
 
 def finish(logger: Logger | None) -> None:

@@ -21,6 +21,7 @@ from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
 from .attention import VARIANTS
 from .config import AttnConfig, FfnConfig, LoraConfig, ModelConfig, TinySpec
+from .files import check_files, read_json
 from .zoo.tiny import spec_key
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DIFFPALI_CACHE", Path.home() / ".cache" / "diffpali"))
 
 
+def base_remedy(directory: Path) -> str:
+    """What to do about a damaged base model directory, by where it comes from."""
+    directory = Path(directory)
+    if directory.resolve() == SHIPPED_TINY_DIR.resolve():
+        return ("It is the tiny base shipped with diffpali: restore it (git checkout -- diffpali/zoo/tiny_paligemma "
+                "in a clone, or reinstall diffpali)")
+    if directory.parent.name == "tiny" and (directory / "build_info.json").exists():
+        return f"It is a cached tiny base: delete {directory} and it is rebuilt on next use"
+    return f"Copy or download the model into {directory} again"
+
+
 def _built_key(directory: Path) -> str | None:
     info = directory / "build_info.json"
     if not info.is_file():
         return None
-    return json.loads(info.read_text()).get("key")
+    return read_json(info, base_remedy(directory)).get("key")
 
 
 def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str | None = None) -> Path:
@@ -88,6 +100,8 @@ def base_location(cfg: ModelConfig) -> str:
 def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, PaliGemmaProcessor]:
     """The pretrained model and its processor; the same code serves the tiny zoo and the Hub."""
     location = base_location(cfg)
+    if Path(location).is_dir():  # a damaged file is named here, not deep inside from_pretrained
+        check_files(Path(location), base_remedy(Path(location)), required=("config.json",))
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = PaliGemmaProcessor.from_pretrained(location, **kwargs)
     model = PaliGemmaForConditionalGeneration.from_pretrained(location, dtype=DTYPES[cfg.dtype], **kwargs)
@@ -159,6 +173,9 @@ VARIANTS_FILE = "diffpali.json"
 #: and rebuilding them from the RNG would tie a saved adapter to the run's seed.
 VARIANT_WEIGHTS_FILE = "variant_weights.safetensors"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+#: train.py writes an adapter whole at the end of a run, so a damaged one was damaged afterwards.
+ADAPTER_REMEDY = ("Copy the adapter folder again from where it was trained, or retrain it with python train.py "
+                  "(a run that was cut short resumes with ckpt_path=last)")
 _FROZEN_COPY = re.compile("|".join(p for v in VARIANTS.values() for p in v.frozen))
 
 
@@ -194,6 +211,7 @@ def load_adapter(base: PaliGemmaForConditionalGeneration, adapter_dir: str | Pat
     if not (adapter_dir / ADAPTER_WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_WEIGHTS_FILE}; diffpali loads adapters from safetensors "
                                 "only (a pickled adapter_model.bin could run code when loaded)")
+    check_files(adapter_dir, ADAPTER_REMEDY, required=("adapter_config.json",))
     variants_file = adapter_dir / VARIANTS_FILE
     if variants_file.is_file():
         saved = json.loads(variants_file.read_text())

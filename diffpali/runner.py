@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,13 @@ from .checkpointing import (
     run_signature,
 )
 from .config import EvaluateConfig, TrainConfig
+from .data.collate import record_image
 from .data.datamodule import VQADataModule
 from .jsonio import write_json_atomic
-from .loggers import finish, make_logger
+from .loggers import finish, make_logger, saved_run_id
 from .model import build_model, load_adapter, load_base, save_adapter
 from .module import DiffPaliModule
+from .progress import ConsoleProgress
 
 log = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"
@@ -67,10 +68,13 @@ def log_pictures(logger: Any, pictures: dict[str, Path]) -> None:
         logger.experiment.log({key: wandb.Image(str(path)) for key, path in pictures.items()})
 
 
-def _log_prediction_table(logger: Any, rows: list[dict[str, Any]], key: str) -> None:
-    columns = ["question_id", "question", "prediction", "answers", "score"]
-    log_table(logger, key, columns, [[r["question_id"], r["question"], r["prediction"],
-                                      ", ".join(sorted(set(r["answers"]))), r["score"]] for r in rows])
+PREDICTION_COLUMNS = ["image", "question_id", "question", "prediction", "answers", "score"]
+
+
+def prediction_rows(predictions: list[dict[str, Any]]) -> list[list[Any]]:
+    """Rows of a W&B prediction table: the image the model saw beside its question, answer and score."""
+    return [[p["image"], p["question_id"], p["question"], p["prediction"], ", ".join(sorted(set(p["answers"]))),
+             p["score"]] for p in predictions]
 
 
 def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
@@ -82,8 +86,6 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     ``ckpt_path=last|auto`` resumes from there with the same weights, optimiser state, RNG and data order.
     """
     started = time.time()
-    # Lightning cannot see that the datamodule resumes its sampler mid-epoch, and warns that it might not.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
@@ -100,6 +102,9 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     datamodule = VQADataModule(cfg.data, processor=None, seed=cfg.seed)
     datamodule.setup("fit")  # loads and checks every record: a bad one stops the run before the model loads
     skipped = {split: len(messages) for split, messages in datamodule.skipped.items() if messages}
+    log.info("data: %s, %s records checked in %.1f s%s", cfg.data.name,
+             ", ".join(f"{split} {len(ds)}" for split, ds in datamodule.datasets.items()), time.time() - started,
+             f" ({sum(skipped.values())} skipped)" if skipped else "")
     model, processor = build_model(cfg.model, cfg.attn, cfg.ffn, cfg.lora)
     datamodule.processor = processor
     model.train()  # from_pretrained returns eval mode, which Lightning would keep (and warn about)
@@ -116,13 +121,17 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         signature=signature,
     )
     resolved = asdict(cfg)
-    logger = make_logger(cfg.logger, out, run_name, cfg.logger.group or cfg.experiment_name, resolved)
+    # A resumed run continues its W&B run (the id kept in the run directory); a fresh one starts its own.
+    logger = make_logger(cfg.logger, out, run_name, cfg.logger.group or cfg.experiment_name, resolved,
+                         resume_id=saved_run_id(out) if resume is not None else None)
     if logger is not None and skipped:
         logger.log_metrics({f"data/skipped/{split}": float(n) for split, n in skipped.items()})
     # One writer of last.ckpt (a second ModelCheckpoint would write last-v1.ckpt). Lightning takes one
     # trigger per callback: every N steps, or else every epoch. A resume replays at most N-1 steps.
     every = {"every_n_train_steps": cfg.ckpt_every_n_steps} if cfg.ckpt_every_n_steps else {}
     callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every), RNGState(), LambdaHistory(out)]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(ConsoleProgress())  # in place of Lightning's bar: see diffpali/console.py
     t = cfg.trainer
     trainer = L.Trainer(
         accelerator=t.accelerator,
@@ -139,7 +148,8 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         gradient_clip_val=t.gradient_clip_val,
         accumulate_grad_batches=t.accumulate_grad_batches,
         deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=False,
+        enable_model_summary=False,  # the parameter counts are logged above, in one line
         logger=logger if logger is not None else False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
@@ -176,13 +186,19 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
         metrics["test_seconds"] = round(time.time() - test_started, 1)
-        _log_prediction_table(logger, module.test_predictions, "test/predictions")
+        if logger is not None and module.test_predictions:
+            test_set = datamodule.datasets["test"]
+            rows = [{**p, "image": record_image(test_set, p["ref"])} for p in module.test_predictions]
+            log_table(logger, "test/predictions", PREDICTION_COLUMNS, prediction_rows(rows))
     metrics["total_seconds"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         write_json_atomic(out / METRICS_FILE, metrics)
+    finish(logger)
+    if trainer.is_global_zero:  # last, after W&B has closed: the score and where everything is
         if cfg.test_after_fit:
             print(score_summary(metrics, "test", cfg.data.name, out, "metrics.json, adapter/, checkpoints/"))
-    finish(logger)
+        else:
+            print(f"run directory: {out}  (metrics.json, adapter/, checkpoints/)")
     return metrics
 
 
@@ -215,7 +231,11 @@ def resolve_adapter(ckpt: str) -> Path | None:
         return path
     if (path / ADAPTER_DIR / "adapter_config.json").is_file():
         return path / ADAPTER_DIR
-    raise FileNotFoundError(f"ckpt={ckpt!r}: no adapter_config.json in it or in its {ADAPTER_DIR}/ folder")
+    from .files import UnreadableFileError
+
+    raise UnreadableFileError(path / ADAPTER_DIR / "adapter_config.json", "the file is missing (and so is "
+                              f"{path / 'adapter_config.json'})", "Give ckpt= a train.py run directory, an adapter "
+                              "directory or base")
 
 
 def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
@@ -237,7 +257,6 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
     metrics = {"ckpt": cfg.ckpt, "task": cfg.eval.task, "seed": cfg.seed, **outcome.metrics}
     metrics["eval_seconds"] = round(time.time() - started, 1)
     write_json_atomic(out / METRICS_FILE, metrics)
-    print(outcome.summary)
     logger = make_logger(cfg.logger, out, run_name, "evaluate", asdict(cfg))
     if logger is not None:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
@@ -245,4 +264,5 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
             log_table(logger, key, table.columns, table.rows)
         log_pictures(logger, outcome.pictures)
     finish(logger)
+    print(outcome.summary)  # last, after W&B has closed
     return metrics

@@ -49,3 +49,45 @@ def test_two_processes_follow_the_one_process_loss_curve_and_score_each_question
     assert sorted(ranks[0]["val_ids"] + ranks[1]["val_ids"]) == sorted(single["val_ids"])
     assert len(ranks[0]["val_ids"]) + len(ranks[1]["val_ids"]) == 7
     assert single["val_count"] == ranks[0]["val_count"] == ranks[1]["val_count"] == 7
+
+
+BAD_BATCH = Path(__file__).parent / "scripts" / "ddp_bad_batch.py"
+
+
+@pytest.mark.slow
+def test_a_batch_unreadable_in_one_rank_is_skipped_by_every_rank_together(tmp_path):
+    """Rank 1's second batch is one unreadable image: both ranks skip that step, none waits for the other."""
+    proc = subprocess.run([sys.executable, str(BAD_BATCH), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["skipped_records"] for r in ranks] == [0, 1]
+    # 4 batches each: Lightning counts 4 steps, but the second applied no update in either rank,
+    # and the learning-rate schedule did not advance on it
+    assert [r["step"] for r in ranks] == [4, 4]
+    assert [r["updates"] for r in ranks] == [{3}, {3}]
+    assert [r["schedule_steps"] for r in ranks] == [3, 3]
+    for name, tensor in ranks[0]["params"].items():
+        assert torch.equal(tensor, ranks[1]["params"][name]), name
+
+
+FSDP2 = Path(__file__).parent / "scripts" / "fsdp2_cpu.py"
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_the_model_over_two_cpu_processes_and_trains_as_ddp_does(tmp_path):
+    """torch's FSDP2 (Lightning's ModelParallelStrategy) on gloo: same losses and weights as DDP, every tensor sharded."""
+    results = {}
+    for strategy in ("fsdp2", "ddp"):
+        (tmp_path / strategy).mkdir()
+        proc = subprocess.run([sys.executable, str(FSDP2), str(tmp_path / strategy), strategy],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[strategy] = [torch.load(tmp_path / strategy / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    fsdp, ddp = results["fsdp2"], results["ddp"]
+    assert [r["step"] for r in fsdp] == [3, 3]
+    assert fsdp[0]["sharded"] == len(fsdp[0]["params"]) > 0 and ddp[0]["sharded"] == 0
+    for rank in (0, 1):
+        assert fsdp[rank]["losses"] == pytest.approx(ddp[rank]["losses"], rel=1e-5)
+    for name, tensor in ddp[0]["params"].items():
+        assert torch.allclose(fsdp[0]["params"][name], tensor, atol=1e-6), name
+        assert torch.equal(fsdp[0]["params"][name], fsdp[1]["params"][name]), name

@@ -172,7 +172,7 @@ def test_checkpoints_load_without_pickle(tmp_path):
     """A checkpoint carrying a pickled object (code on load) is refused by weights_only loading."""
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Died("x")}, path)
-    with pytest.raises(ValueError, match=r"evil.ckpt cannot be read safely: it holds a pickled object \(test_reliability.Died\)"):
+    with pytest.raises(ValueError, match=r"evil.ckpt cannot be read: it holds a pickled object \(test_reliability.Died\)"):
         read_checkpoint(path)
     with pytest.raises(pickle.UnpicklingError):
         AtomicCheckpointIO().load_checkpoint(path)
@@ -264,6 +264,7 @@ def test_empty_questions_and_missing_answers_or_files_are_named(tmp_path):
         ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
         ("model=paligemma_3b_224 model.name_or_path=/no/such/dir",
          "model.name_or_path='/no/such/dir': local directory does not exist (or give a Hub id)"),
+        ("trainer.strategy=fsdp", "trainer.strategy='fsdp': FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp"),
     ],
 )
 def test_every_bad_value_is_named_with_what_is_allowed(override, message):
@@ -274,6 +275,20 @@ def test_every_bad_value_is_named_with_what_is_allowed(override, message):
     with pytest.raises(ConfigError) as info:
         to_typed(compose_train("output_dir=.", *override.split()), TrainConfig)
     assert str(info.value) == message
+
+
+def test_evaluate_refuses_a_local_model_directory_that_does_not_exist_before_loading():
+    from hydra import compose, initialize_config_dir
+
+    from diffpali.config import ConfigError, EvaluateConfig, register_configs, to_typed
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["output_dir=.", "model=paligemma_3b_224",
+                                                         "model.name_or_path=./no/such/dir"])
+    with pytest.raises(ConfigError) as info:
+        to_typed(cfg, EvaluateConfig)
+    assert str(info.value) == "model.name_or_path='./no/such/dir': local directory does not exist (or give a Hub id)"
 
 
 def test_resume_from_last_needs_a_checkpoint_in_the_run_directory(tmp_path):
@@ -317,6 +332,29 @@ def test_skip_mode_drops_non_finite_updates_and_counts_them(tiny_processor, tiny
         if p.requires_grad:
             assert torch.isfinite(p).all(), name
             assert torch.equal(p.detach(), after_first["state_dict"][f"model.{name}"]), name
+
+
+class PoisonGradients(Callback):
+    """Puts a NaN into one gradient at the given steps, as an overflow in the backward pass would."""
+
+    def __init__(self, steps: set[int]) -> None:
+        self.steps = steps
+
+    def on_after_backward(self, trainer, pl_module):
+        if trainer.global_step in self.steps:
+            next(p for p in pl_module.model.parameters() if p.grad is not None).grad.view(-1)[0] = float("nan")
+
+
+def test_skipped_steps_do_not_advance_the_learning_rate_schedule(tiny_processor, tiny_config, tmp_path):
+    module = _module(tiny_processor, tiny_config, init_seed=0, on_nonfinite="skip")
+    module.optim = OptimConfig(lr=1e-3, warmup_steps=10)  # linear warm-up: lr x (k + 1) / 10 after k updates
+    trainer = L.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[PoisonGradients({1, 3})], use_distributed_sampler=False)
+    trainer.fit(module, datamodule=_data(tiny_processor))  # 5 steps, 2 of them skipped
+    assert trainer.global_step == 5 and module.skipped_steps == 2
+    assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 3
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 4 / 10)
 
 
 # ---------------------------------------------------------------------------------------- safe loading

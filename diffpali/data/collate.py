@@ -29,6 +29,13 @@ def load_rgb(image: Any, ref: RecordRef | str) -> Image.Image:
         raise BadRecordError(f"{ref}: unreadable image ({type(err).__name__}: {err})") from err
 
 
+def record_image(examples: "VQAExamples", ref: RecordRef, max_side: int = 224) -> Image.Image:
+    """The image of one record, shrunk to at most ``max_side`` pixels a side (for W&B tables)."""
+    image = load_rgb(examples.dataset[ref.index]["image"], ref)
+    image.thumbnail((max_side, max_side))
+    return image
+
+
 @dataclass
 class PaliGemmaCollator:
     """Turns examples into model inputs with the real ``PaliGemmaProcessor``.

@@ -13,7 +13,7 @@ import lightning as L
 import torch
 
 from ..config import DataConfig
-from .collate import PaliGemmaCollator, VQAExamples
+from .collate import PaliGemmaCollator, VQAExamples, to_device
 from .easy_vqa import load_easy_vqa
 from .sampling import ResumableSampler, ShardSampler
 from .vqav2 import load_vqav2
@@ -83,6 +83,12 @@ class VQADataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
             **sampling,
         )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Only the tensors move; Lightning's default would also walk every record's metadata (~1.5 ms a step)."""
+        if isinstance(batch, dict):
+            return to_device(batch, device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
 
     def val_dataloader(self):
         return self._eval_loader("validation")

@@ -477,7 +477,7 @@ def _check_local_model(model: ModelConfig, key: str = "model") -> None:
             _fail(f"{key}.name_or_path", name_or_path, "local directory does not exist (or give a Hub id)")
 
 
-EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention")
+EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention", "distractors")
 
 
 @dataclass
@@ -489,7 +489,7 @@ class EvalTaskConfig:
     default, never train) with a fixed seed and cached on disk, so every model sees the same samples.
     """
 
-    task: str = "vqa"  #: vqa | mmneedle | pope | attention
+    task: str = "vqa"  #: vqa | mmneedle | pope | attention | distractors
     split: str = "test"  #: the split scored (vqa) or whose images build haystacks and probes
     limit: Optional[int] = None  #: score the first N questions / samples only (quick runs); null: all
     batch_size: Optional[int] = None  #: generation batch; null: data.eval_batch_size
@@ -517,6 +517,13 @@ class EvalTaskConfig:
     probe_objects: int = 3  #: source=coco: present objects asked per image, each paired with an absent one (POPE: 3)
     # --- attention -------------------------------------------------------------------------
     overlays: int = 4  #: samples drawn with their attention overlay
+    # --- distractors: drawn scenes, a target among k distractors ------------------------------
+    distractor_grids: list[int] = field(default_factory=lambda: [2, 3, 4])  #: N, cells per side
+    distractor_counts: list[int] = field(default_factory=lambda: [0, 1, 3, 7, 15])  #: k (those that fit each N, M)
+    #: hard: each distractor shares the target's colour or shape; easy: shares neither
+    distractor_kinds: list[str] = field(default_factory=lambda: ["hard", "easy"])
+    distractor_images: list[int] = field(default_factory=lambda: [1, 2])  #: M, images per sample
+    attention_samples: int = 0  #: distractors: positives per point whose target-cell attention share is measured
 
     def validate(self, key: str = "eval") -> None:
         _choice(f"{key}.task", self.task, EVAL_TASKS)
@@ -533,6 +540,14 @@ class EvalTaskConfig:
             _positive(f"{key}.{name}", getattr(self, name))
         if self.overlays < 0:
             _fail(f"{key}.overlays", self.overlays, "must be >= 0")
+        if self.attention_samples < 0:
+            _fail(f"{key}.attention_samples", self.attention_samples, "must be >= 0")
+        for name, values, low in (("distractor_grids", self.distractor_grids, 1), ("distractor_counts", self.distractor_counts, 0),
+                                  ("distractor_images", self.distractor_images, 1)):
+            if not values or any(v < low for v in values):
+                _fail(f"{key}.{name}", values, f"must be a non-empty list of integers >= {low}")
+        for kind in self.distractor_kinds:
+            _choice(f"{key}.distractor_kinds", kind, ("hard", "easy"))
         if not 0.0 <= self.negative_fraction < 1.0:
             _fail(f"{key}.negative_fraction", self.negative_fraction, "must be in [0, 1)")
         if self.task in ("mmneedle", "attention") and self.mode == "paper" and (self.images, self.grid) != (1, 2):

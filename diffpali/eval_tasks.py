@@ -93,4 +93,8 @@ def task_runner(name: str) -> Task:
         from .analysis.evaluate import run_attention
 
         return run_attention
+    if name == "distractors":
+        from .distractors.task import run_distractors
+
+        return run_distractors
     raise ValueError(f"eval.task={name!r}: unknown task")

@@ -1,0 +1,45 @@
+"""Confidence intervals and paired comparisons against hand-computed and simulated cases."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from diffpali.stats import mean_ci, paired_bootstrap
+
+
+def test_mean_ci_is_the_t_interval():
+    est = mean_ci([0.5, 0.7, 0.6])
+    sd = np.std([0.5, 0.7, 0.6], ddof=1)
+    assert est.mean == pytest.approx(0.6) and est.n == 3
+    assert est.high - est.mean == pytest.approx(4.303 * sd / math.sqrt(3))
+    assert mean_ci([0.4]).low is None and mean_ci([None, 0.4]).n == 1 and mean_ci([]).mean is None
+
+
+def test_a_real_difference_is_found_and_no_difference_is_called_so():
+    rng = np.random.default_rng(1)
+    base = [rng.random(400) < 0.6 for _ in range(5)]
+    better = [np.where(rng.random(400) < 0.2, True, b) for b in base]  # right on 20% more items, paired
+    found = paired_bootstrap(better, base, replicates=500)
+    assert found.difference > 0.05 and found.low > 0 and found.significant and found.p_value < 0.01
+    same = [np.where(rng.random(400) < 0.5, b, rng.random(400) < 0.6) for b in base]  # noise, same rate
+    null = paired_bootstrap(same, base, replicates=500)
+    assert null.low < 0 < null.high and not null.significant and "no significant difference" in null.format()
+
+
+def test_the_interval_widens_when_seeds_disagree():
+    rng = np.random.default_rng(2)
+    base = [rng.random(300) < 0.5 for _ in range(4)]
+    steady = [np.where(rng.random(300) < 0.1, True, b) for b in base]
+    erratic = [np.where(rng.random(300) < (0.3 if s % 2 else 0.0), True, b) for s, b in enumerate(base)]
+    assert (paired_bootstrap(erratic, base, replicates=400).high - paired_bootstrap(erratic, base, replicates=400).low
+            > paired_bootstrap(steady, base, replicates=400).high - paired_bootstrap(steady, base, replicates=400).low)
+
+
+def test_runs_that_do_not_pair_are_refused():
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_bootstrap([[1, 0]], [[1, 0], [0, 1]])
+    with pytest.raises(ValueError, match="same items"):
+        paired_bootstrap([[1, 0, 1]], [[1, 0]])

@@ -136,10 +136,10 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
                           torch.optim.AdamW(stage0_params, lr=spec.stage0.lr, weight_decay=0.01),
                           spec.stage0.lr, spec.stage0.steps, warmup=50, every=checkpoint_every)
     stage1_state = work_dir / "stage1.pt"
+    runner0.resume()  # stage 1's checkpoint holds the tower too; this is for stage 0's own record
     if not stage1_state.is_file():
-        runner0.resume()
         stream = Stage0Stream(spec.seed, spec.vision.image_size, per_side)
-        images, labels = _validation_singles(400)
+        images, labels = _validation_singles(400)  # validation images, never test
 
         def stage0_step(step: int):
             batch = {k: v.to(device) for k, v in stream.batch(step, spec.stage0.batch_size, processor.image_processor).items()}
@@ -148,8 +148,6 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
         tower.train()
         runner0.run(stage0_step, stage0_params, progress=progress, probe_every=probe_every,
                     probe=lambda step: stage0_probe(tower, heads, images, labels, processor.image_processor))
-        info["stage0"] = {"probe_validation_singles": stage0_probe(tower, heads, images, labels, processor.image_processor),
-                          "history": runner0.history[-1:]}
 
     # ---- stage 1: the mixture (tower frozen, or at a fraction of the learning rate) -------------
     tune_tower = spec.stage1.vision_lr_scale > 0
@@ -165,6 +163,10 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
                           torch.optim.AdamW(groups, lr=spec.stage1.lr, weight_decay=0.01),
                           spec.stage1.lr, spec.stage1.steps, warmup=spec.stage1.warmup_steps, every=checkpoint_every)
     runner1.resume()
+    # the tower is stage 0's, frozen, whichever checkpoint it came from
+    info["stage0"] = {"steps": runner0.step, "train_seconds": round(runner0.seconds, 1),
+                      "probe_validation_singles": stage0_probe(tower, heads, *_validation_singles(400),
+                                                               processor.image_processor)}
     batches = build_stage1_batches(mixture, processor, spec.stage1.batch_size, image_tokens, device)
 
     def stage1_step(step: int):
@@ -175,9 +177,11 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
     tower.train(tune_tower)
     runner1.run(stage1_step, trained, progress=progress, probe_every=probe_every,
                 probe=lambda step: stage1_probe(model, processor, spec, device))
-    info["stage1"] = {"steps": runner1.step, "probes": [r["probe"] for r in runner1.history if "probe" in r],
+    info["stage1"] = {"steps": runner1.step, "train_seconds": round(runner1.seconds, 1),
+                      "probes": [r["probe"] for r in runner1.history if "probe" in r],
                       "final_loss": sum(r["loss"] for r in runner1.history[-50:]) / max(1, len(runner1.history[-50:]))}
     info["build_seconds_this_run"] = round(time.time() - started, 1)
+    info["torch_threads"] = torch.get_num_threads()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.to("cpu").eval().save_pretrained(out_dir, safe_serialization=True)

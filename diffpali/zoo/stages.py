@@ -219,6 +219,7 @@ class StageRunner:
     every: int = 250
     history: list[dict[str, float]] = field(default_factory=list)
     step: int = 0
+    seconds: float = 0.0  #: training time over every run of this stage (probes excluded), resumes added up
 
     def resume(self) -> bool:
         if not self.state_path.is_file():
@@ -234,24 +235,29 @@ class StageRunner:
         for key, module in self.modules.items():
             module.load_state_dict(state["modules"][key])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.step, self.history = state["step"], state["history"]
+        self.step, self.history, self.seconds = state["step"], state["history"], state.get("seconds", 0.0)
         log.info("%s: resumed at step %d/%d from %s", self.name, self.step, self.steps, self.state_path)
         return True
 
     def save(self) -> None:
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
         torch.save({"key": self.key, "modules": {k: m.state_dict() for k, m in self.modules.items()},
-                    "optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history}, tmp)
+                    "optimizer": self.optimizer.state_dict(), "step": self.step, "history": self.history,
+                    "seconds": self.seconds}, tmp)
         tmp.replace(self.state_path)
 
     def run(self, step_loss: Callable[[int], tuple[torch.Tensor, dict]], parameters: list[nn.Parameter],
             probe: Callable[[int], dict] | None = None, probe_every: int = 0, progress: bool = True) -> None:
+        """Train to ``steps``. Progress: a bar with the loss on a terminal, else a log line a minute."""
+        import sys
+
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.steps, initial=self.step, desc=self.name, disable=not progress, mininterval=5,
-                   dynamic_ncols=True)
-        started, first = time.time(), self.step
+        bar = tqdm(total=self.steps, initial=self.step, desc=self.name, mininterval=2, dynamic_ncols=True,
+                   disable=not (progress and sys.stderr.isatty()))
+        first, last_line = self.step, time.time()
         while self.step < self.steps:
+            started = time.time()
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr * group.get("lr_scale", 1.0) * warmup_cosine(self.step, self.steps, self.warmup)
             loss, terms = step_loss(self.step)
@@ -260,19 +266,26 @@ class StageRunner:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            self.seconds += time.time() - started
             record = {"step": self.step, "loss": loss.item(), **terms}
             if probe is not None and probe_every and (self.step % probe_every == 0 or self.step == self.steps):
                 record["probe"] = probe(self.step)
                 log.info("%s step %d: %s", self.name, self.step, record["probe"])
             self.history.append(record)
             recent = self.history[-50:]
-            bar.set_postfix(loss=f"{sum(r['loss'] for r in recent) / len(recent):.3f}", refresh=False)
+            mean_loss = sum(r["loss"] for r in recent) / len(recent)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", refresh=False)
             bar.update(1)
+            if progress and bar.disable and time.time() - last_line > 60:
+                rate = (self.step - first) / max(1e-9, self.seconds)
+                log.info("%s step %d/%d loss %.3f (%.1f steps/s, %.0f min left)", self.name, self.step, self.steps,
+                         mean_loss, rate, (self.steps - self.step) / max(rate, 1e-9) / 60)
+                last_line = time.time()
             if self.step % self.every == 0 or self.step == self.steps:
                 self.save()
         bar.close()
         if self.step > first:
-            log.info("%s: %d steps in %.0f s", self.name, self.step - first, time.time() - started)
+            log.info("%s: %d steps; %.0f s of training in all", self.name, self.step - first, self.seconds)
 
 
 def build_stage1_batches(mixture: Stage1Mixture, processor: Any, batch_size: int, image_tokens: int,

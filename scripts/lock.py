@@ -73,7 +73,8 @@ def main() -> None:
     pins = closure()
     if args.compare:
         locked = read_lock(args.compare)
-        changed = [(n, locked.get(canonicalize_name(n)), v) for n, v in pins.items() if locked.get(canonicalize_name(n)) != v]
+        changed = [(n, locked.get(canonicalize_name(n)), v) for n, v in pins.items()
+                   if locked.get(canonicalize_name(n)) != v]
         print(f"versions in {sys.prefix} (Python {platform.python_version()}) that differ from {args.compare.name}:")
         for name, old, new in changed:
             print(f"  {name:28s} {old or '(not in the lock)':>14s} -> {new}")

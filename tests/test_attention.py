@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import small_spec
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import PaliGemmaForConditionalGeneration
@@ -20,8 +21,6 @@ from diffpali.data.collate import PaliGemmaCollator, model_inputs
 from diffpali.model import wrap_lora
 from diffpali.surgery import IMPLEMENTATIONS, apply_attention, attention_modules, ensure_registered
 from diffpali.zoo.tiny import build_config
-
-from conftest import small_spec
 
 #: Every registered variant, by key, as the attn config that selects it: the tests cover each one.
 ALL = {key: dict(variant.selects) for key, variant in VARIANTS.items()}

@@ -93,7 +93,7 @@ def test_the_repository_ships_the_base_of_the_default_spec():
     import json
 
     from diffpali.config import TinySpec
-    from diffpali.model import SHIPPED_TINY_DIR
+    from diffpali.paths import SHIPPED_TINY_DIR
     from diffpali.zoo.tiny import spec_key
 
     info = json.loads((SHIPPED_TINY_DIR / "build_info.json").read_text())

@@ -30,8 +30,8 @@ from diffpali.checkpointing import (
 from diffpali.config import AttnConfig, DataConfig, FfnConfig, LoraConfig, ModelConfig, OptimConfig
 from diffpali.data.datamodule import VQADataModule
 from diffpali.data.schema import BadRecordError, check_records
+from diffpali.lightning_module import DiffPaliModule
 from diffpali.model import apply_variants, wrap_lora
-from diffpali.module import DiffPaliModule
 from diffpali.nonfinite import NonFiniteError
 from diffpali.surgery import lambda_values
 
@@ -97,7 +97,7 @@ def _state(module: DiffPaliModule, trainer: L.Trainer) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tiny_config(tiny_processor):
-    from conftest import small_spec
+    from helpers import small_spec
 
     from diffpali.zoo.tiny import build_config
 
@@ -172,7 +172,8 @@ def test_checkpoints_load_without_pickle(tmp_path):
     """A checkpoint carrying a pickled object (code on load) is refused by weights_only loading."""
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Died("x")}, path)
-    with pytest.raises(ValueError, match=r"evil.ckpt cannot be read: it holds a pickled object \(test_reliability.Died\)"):
+    with pytest.raises(ValueError,
+                       match=r"evil.ckpt cannot be read: it holds a pickled object \(test_reliability.Died\)"):
         read_checkpoint(path)
     with pytest.raises(pickle.UnpicklingError):
         AtomicCheckpointIO().load_checkpoint(path)
@@ -190,7 +191,8 @@ def _png_bytes(color: tuple[int, int, int]) -> bytes:
 @pytest.fixture
 def vqav2_dir(tmp_path) -> Path:
     """A local VQAv2-schema split (save_to_disk) of 8 records; record 5 has a truncated image."""
-    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+    from datasets import Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
 
     images = [{"bytes": _png_bytes((30 * k, 0, 200)), "path": None} for k in range(8)]
     images[5]["bytes"] = images[5]["bytes"][:60]  # cut off mid-file, as an interrupted download leaves it
@@ -261,7 +263,8 @@ def test_empty_questions_and_missing_answers_or_files_are_named(tmp_path):
         ("data.on_bad_record=drop", "data.on_bad_record='drop': must be one of error, skip"),
         ("on_nonfinite=ignore", "on_nonfinite='ignore': must be one of stop, skip"),
         ("ckpt_every_n_steps=-1", "ckpt_every_n_steps=-1: must be >= 0 (0: at each epoch end instead)"),
-        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
+        ("ckpt_path=/no/such.ckpt",
+         "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
         ("model=paligemma_3b_224 model.name_or_path=/no/such/dir",
          "model.name_or_path='/no/such/dir': local directory does not exist (or give a Hub id)"),
         ("trainer.strategy=fsdp", "trainer.strategy='fsdp': FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp"),
@@ -378,7 +381,8 @@ def test_adapters_and_new_parameters_reload_from_safetensors_alone(tiny_processo
     assert torch.equal(reloaded(**model_inputs(tiny_batch, with_labels=False)).logits, expected)
 
     (tmp_path / "adapter" / "adapter_model.safetensors").rename(tmp_path / "adapter" / "adapter_model.bin")
-    with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors; diffpali loads adapters from safetensors only"):
+    with pytest.raises(FileNotFoundError,
+                       match="no adapter_model.safetensors; diffpali loads adapters from safetensors only"):
         load_adapter(PaliGemmaForConditionalGeneration(tiny_config), tmp_path / "adapter")
 
 
@@ -402,9 +406,9 @@ def test_a_real_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights():
 
 @pytest.mark.slow
 def test_train_py_names_a_bad_record_in_one_line_before_loading_the_model(vqav2_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", "data=vqav2", f"data.path={vqav2_dir}", "data.val_split=train", "logger=none",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "train.py", "data=vqav2", f"data.path={vqav2_dir}", "data.val_split=train",
+                           "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("BadRecordError: vqav2[train] record 5, question_id=1005: unreadable image ("), last

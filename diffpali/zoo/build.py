@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 from transformers import PaliGemmaForConditionalGeneration
 
 from ..config import TinySpec
@@ -30,8 +31,8 @@ from ..generation import generate_for_examples
 from ..jsonio import write_json_atomic
 from ..scenes import draw_scene, sample_objects
 from .stages import (
-    StageRunner,
     Stage0Stream,
+    StageRunner,
     TokenLabelHeads,
     build_stage1_batches,
     stage0_loss,
@@ -47,8 +48,6 @@ BUILD_INFO = "build_info.json"
 
 def _validation_singles(limit: int) -> tuple[list, list[tuple[str, str]]]:
     """The first ``limit`` easy-vqa VALIDATION images (held out of every stage) with their (colour, shape)."""
-    from PIL import Image
-
     labels = easy_vqa.image_labels("train")
     ids = [i for i in easy_vqa.split_image_ids("validation") if i in labels][:limit]
     images = []

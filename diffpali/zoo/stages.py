@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from ..scenes import COLORS, SHAPES, draw_scene, sample_objects
 from .tasks import Stage1Mixture
@@ -45,8 +47,6 @@ class TokenCache:
     """
 
     def __init__(self, processor: Any):
-        from PIL import Image
-
         self.processor = processor
         self._blank = Image.new("RGB", (8, 8))
         self._cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
@@ -246,8 +246,6 @@ class StageRunner:
 
     def run(self, step_loss: Callable[[int], tuple[torch.Tensor, dict]], parameters: list[nn.Parameter],
             probe: Callable[[int], dict] | None = None, probe_every: int = 0, progress: bool = True) -> None:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=self.steps, initial=self.step, desc=self.name, disable=not progress, mininterval=5,
                    dynamic_ncols=True)
         started, first = time.time(), self.step

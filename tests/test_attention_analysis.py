@@ -475,3 +475,6 @@ def test_report_tables_and_draws_every_attention_run(tmp_path):
     assert "40.00 ± 2.00" in table  # layer 1 of the diff run, in percent
     assert len(written["attention.csv"].read_text().splitlines()) == 1 + 4
     _not_blank(written["attention_layers.png"])
+    # measured runs have results, so Table 1 does not list them among the jobs without a score
+    table1 = written["table1.md"].read_text()
+    assert "`eval_base`" not in table1 and "`eval_diff`" not in table1 and "**incomplete** `train_diff`" in table1

@@ -9,6 +9,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from helpers import SMOKE_DATA, smoke_model
@@ -202,3 +203,49 @@ def test_a_real_multirun_with_a_failing_job_is_reported(tmp_path):
     assert bad["n"] == "0" and bad["failed"] == "2"
     md = (out / "table1.md").read_text()
     assert md.count("**failed**") == 2 and "4 jobs: 2 completed, 2 failed, 0 incomplete" in md
+
+
+class _FakeRun:
+    def __init__(self, name, state, config, summary, path):
+        self.name, self.state, self.config, self.summary, self.path = name, state, config, summary, path
+
+
+def test_wandb_runs_are_read_as_job_directories_are(tmp_path, monkeypatch, capsys):
+    """--wandb: a run's name is its overrides, its config the validated config, its summary the metrics;
+    a crashed run is listed as failed, never averaged in."""
+    config = {"table_row": 1, "attn": {"variant": "vanilla"}, "ffn": {"variant": "mlp"},
+              "lora": {"rank": 32, "alpha": 64}, "optim": {"name": "adam", "lr": 4e-4, "weight_decay": 1e-9},
+              "data": {"name": "easy_vqa", "batch_size": 4}, "model": {"name": "tiny"}}
+    runs = [_FakeRun("+experiment/table1=row1,seed=1", "finished", {**config, "seed": 1},
+                     {"test/vqa_accuracy_official": 0.5, "_step": 9}, ["me", "proj", "a1"]),
+            _FakeRun("+experiment/table1=row1,seed=2", "finished", {**config, "seed": 2},
+                     {"test/vqa_accuracy_official": 0.7}, ["me", "proj", "a2"]),
+            _FakeRun("+experiment/table1=row1,seed=3", "crashed", {**config, "seed": 3}, {}, ["me", "proj", "a3"])]
+    asked = {}
+
+    class Api:
+        def runs(self, project, filters=None):
+            asked.update(project=project, filters=filters)
+            return runs
+
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Api=Api))
+    out = tmp_path / "report"
+    assert main(["--wandb", "me/proj", "--group", "table1-x", "--out", str(out)]) == 0
+    assert asked == {"project": "me/proj", "filters": {"group": "table1-x"}}
+    (row1,) = [r for r in read_csv(out / "table1.csv") if r["row"] == "1"]
+    assert (row1["n"], row1["seeds"], row1["failed"]) == ("2", "1;2", "1")
+    assert float(row1["mean_pct"]) == pytest.approx(60.0)
+    md = (out / "table1.md").read_text()
+    assert "Source: `wandb:me/proj group table1-x`" in md
+    assert "**failed** `me/proj/a3`" in md and "W&B run state: crashed" in md
+    assert md in capsys.readouterr().out
+
+
+def test_an_unreadable_wandb_project_is_one_clear_error(monkeypatch):
+    class Api:
+        def runs(self, project, filters=None):
+            raise PermissionError("no login")
+
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Api=Api))
+    with pytest.raises(SystemExit, match=r"--wandb me/proj: could not read the project .*PermissionError: no login"):
+        main(["--wandb", "me/proj"])

@@ -65,7 +65,7 @@ def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # opens on the backend chosen just above
 
     return plt
 

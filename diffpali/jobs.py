@@ -18,8 +18,8 @@ every job gets its chance, and the sweep still exits with a non-zero status. A b
 exits a single run with status 2 and one line naming the key; in a multirun it fails that job only.
 A bad data record, a checkpoint written for another model, a damaged file (adapter, checkpoint,
 base model) or a non-finite loss ends a single run with status 1 and one line naming the record,
-the differing fields, the file or the step, and what to do (see README, "Resuming, bad data,
-failures"); ``failed.json`` holds the traceback, and ``HYDRA_FULL_ERROR=1`` prints it.
+the differing fields, the file or the step, and what to do (``docs/design.md``, "Reliability
+guarantees"); ``failed.json`` holds the traceback, and ``HYDRA_FULL_ERROR=1`` prints it.
 """
 
 from __future__ import annotations

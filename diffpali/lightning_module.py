@@ -107,8 +107,8 @@ class DiffPaliModule(L.LightningModule):
 
     def _writes_logs(self, step: int) -> bool:
         """Whether Lightning hands what is logged at optimiser step ``step`` to the logger (every
-        ``log_every_n_steps``). Values logged at other steps would only be dropped, and each ``self.log``
-        costs ~0.7 ms on a CPU (Lightning moves its result state on every call)."""
+        ``log_every_n_steps``). Values logged at other steps would only be dropped, and every ``self.log``
+        call costs time (Lightning moves its result state each call)."""
         return step % max(1, self.trainer.log_every_n_steps) == 0
 
     def _any_rank_empty(self, empty: bool) -> bool:
@@ -163,7 +163,7 @@ class DiffPaliModule(L.LightningModule):
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
         """Lightning's order (zero_grad, training_step, backward, on_before_optimizer_step, clipping, step),
         with the forward and backward run just before ``optimizer.step()`` instead of inside it: torch runs a
-        step's closure under its no_grad and profiler scopes, which cost 3-5% of a CPU training step
+        step's closure under its no_grad and profiler scopes, a measurable share of a CPU training step
         (benchmarks/framework_overhead.py). Adam and AdamW evaluate the closure once, so nothing else changes."""
         if optimizer_closure is None:
             return super().optimizer_step(epoch, batch_idx, optimizer)

@@ -83,7 +83,7 @@ def main() -> None:
         return
     py = ".".join(platform.python_version_tuple()[:2])
     print("# Exact versions the test suite passed with; scripts/setup.sh installs them (pip -c) by default.")
-    print(f"# Made on {platform.system()} {platform.machine()}, Python {py}, with scripts/lock.py (see README,")
+    print(f"# Made on {platform.system()} {platform.machine()}, Python {py}, with scripts/lock.py (see docs/setup.md,")
     print("# 'Tested versions'). torch has no local tag: the CPU or the CUDA build of the same version.")
     print(f"# python {py}")
     for name, version in pins.items():

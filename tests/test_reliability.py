@@ -1,4 +1,4 @@
-"""Reliability (DESIGN.md section 8): exact resume, atomic checkpoints, bad data, bad config,
+"""Reliability (docs/design.md, "Reliability guarantees"): exact resume, atomic checkpoints, bad data, bad config,
 non-finite loss, safe loading. Real tiny PaliGemma, real peft, real Lightning Trainer, real easy-vqa.
 """
 

@@ -84,7 +84,7 @@ class DataConfig:
     #: naming it; skip: it is left out, counted in the log, metrics.json and W&B (data/skipped/*)
     on_bad_record: str = "error"
     #: before training, open every distinct image file and check it (PNG checksums, truncation) so a
-    #: bad image fails in seconds rather than hours in (easy-vqa train, 3,600 images: +2 s). false: only at use
+    #: bad image fails before training rather than hours in. false: only at use
     check_images: bool = True
 
     def validate(self, key: str = "data") -> None:

@@ -11,17 +11,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from ..paths import CHECKPOINT_DIR, LAST_CHECKPOINT
-from .groups import (
-    AttnConfig,
-    DataConfig,
-    FfnConfig,
-    LoggerConfig,
-    LoraConfig,
-    ModelConfig,
-    OptimConfig,
-    TrainerConfig,
-    check_local_model,
-)
+from . import groups
 from .rules import choice, fail, positive
 
 
@@ -29,14 +19,14 @@ from .rules import choice, fail, positive
 class TrainConfig:
     """``python train.py``: LoRA fine-tuning, then scoring on the test split."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    attn: AttnConfig = field(default_factory=AttnConfig)
-    ffn: FfnConfig = field(default_factory=FfnConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    model: groups.ModelConfig = field(default_factory=groups.ModelConfig)
+    data: groups.DataConfig = field(default_factory=groups.DataConfig)
+    attn: groups.AttnConfig = field(default_factory=groups.AttnConfig)
+    ffn: groups.FfnConfig = field(default_factory=groups.FfnConfig)
+    lora: groups.LoraConfig = field(default_factory=groups.LoraConfig)
+    optim: groups.OptimConfig = field(default_factory=groups.OptimConfig)
+    trainer: groups.TrainerConfig = field(default_factory=groups.TrainerConfig)
+    logger: groups.LoggerConfig = field(default_factory=groups.LoggerConfig)
     experiment_name: str = "default"  #: W&B group and report row label
     #: Row of the paper's Table 1 this run reproduces (set by conf/experiment/table1/row*.yaml);
     #: recorded in the run's job.json, where ``python -m diffpali.report`` reads it. None: not a Table 1 run.
@@ -70,7 +60,7 @@ class TrainConfig:
         if self.ckpt_every_n_steps < 0:
             fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at each epoch end instead)")
         choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
-        check_local_model(self.model)
+        groups.check_local_model(self.model)
         if self.trainer.strategy.startswith("fsdp") and self.trainer.accelerator not in ("gpu", "cuda"):
             # Lightning 2.x refuses FSDP without CUDA (its own ValueError, after the data and model have loaded).
             fail("trainer.strategy", self.trainer.strategy, "FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp")
@@ -153,10 +143,10 @@ class EvaluateConfig:
     """``python evaluate.py ckpt=<run dir | adapter dir | base>``."""
 
     ckpt: str = "base"  #: a train.py run directory, an adapter directory, or "base" (no adapter)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: groups.ModelConfig = field(default_factory=groups.ModelConfig)
+    data: groups.DataConfig = field(default_factory=groups.DataConfig)
     eval: EvalTaskConfig = field(default_factory=EvalTaskConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    logger: groups.LoggerConfig = field(default_factory=groups.LoggerConfig)
     seed: Optional[int] = 0
     device: str = "auto"  #: auto | cpu | cuda
     output_dir: str = "."
@@ -167,7 +157,7 @@ class EvaluateConfig:
         self.eval.validate("eval")
         self.logger.validate("logger")
         choice("device", self.device, ("auto", "cpu", "cuda"))
-        check_local_model(self.model)
+        groups.check_local_model(self.model)
         if self.ckpt != "base" and not Path(self.ckpt).expanduser().exists():
             fail("ckpt", self.ckpt, 'must be a run directory, an adapter directory, or "base"')
 

@@ -162,7 +162,7 @@ class VQAAccuracy(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.total.device)
         out = {"overall": self.total / self.count if self.count > 0 else nan, "count": self.count.clone()}
-        for j, name in enumerate(self.answer_types):
-            c = self.type_count[j]
-            out[name] = self.type_total[j] / c if c > 0 else nan
+        for index, name in enumerate(self.answer_types):
+            count = self.type_count[index]
+            out[name] = self.type_total[index] / count if count > 0 else nan
         return out

@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from PIL import Image
 
 from diffpali.checkpointing import (
-    LAST,
     AtomicCheckpointIO,
     CheckpointMismatchError,
     RNGState,
@@ -33,6 +32,7 @@ from diffpali.data.schema import BadRecordError, check_records
 from diffpali.lightning_module import DiffPaliModule
 from diffpali.model import apply_variants, wrap_lora
 from diffpali.nonfinite import NonFiniteError
+from diffpali.paths import LAST_CHECKPOINT
 from diffpali.surgery import lambda_values
 
 ATTN = AttnConfig(variant="diff_dup")
@@ -115,11 +115,12 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_run(tiny_pr
     killed = Recorder(die_before_step=7)
     with pytest.raises(Died):
         _fit(_module(tiny_processor, tiny_config, init_seed=0), _data(tiny_processor), tmp_path / "b", killed)
-    assert torch.load(tmp_path / "b" / LAST, weights_only=True)["global_step"] == 7
+    assert torch.load(tmp_path / "b" / LAST_CHECKPOINT, weights_only=True)["global_step"] == 7
 
     resumed = Recorder()
     module = _module(tiny_processor, tiny_config, init_seed=123)  # other init: everything must come from the checkpoint
-    got = _state(module, _fit(module, _data(tiny_processor), tmp_path / "b", resumed, ckpt_path=tmp_path / "b" / LAST))
+    last = tmp_path / "b" / LAST_CHECKPOINT
+    got = _state(module, _fit(module, _data(tiny_processor), tmp_path / "b", resumed, ckpt_path=last))
 
     assert killed.ids + resumed.ids == whole.ids, "data order differs after resuming"
     assert got["step"] == expected["step"] and got["lambda"] == expected["lambda"]
@@ -136,18 +137,18 @@ def test_a_checkpoint_for_another_model_is_refused_naming_the_fields(tiny_proces
     _fit(module, _data(tiny_processor, train_limit=4), tmp_path / "c", Recorder(), max_epochs=1)
     other = run_signature(ModelConfig(), AttnConfig(variant="vanilla"), FfnConfig(), LoraConfig(rank=8, alpha=16))
     with pytest.raises(CheckpointMismatchError) as info:
-        check_checkpoint(tmp_path / "c" / LAST, other)
+        check_checkpoint(tmp_path / "c" / LAST_CHECKPOINT, other)
     message = str(info.value)
     assert "attn.variant: checkpoint 'diff_dup', this run 'vanilla'" in message
     assert "lora.rank: checkpoint 4, this run 8" in message
     assert "lora.alpha: checkpoint 8, this run 16" in message
     assert "towers" not in message and "dropout" not in message  # only fields that differ and shape the model
-    check_checkpoint(tmp_path / "c" / LAST, SIGNATURE)  # the matching config loads
+    check_checkpoint(tmp_path / "c" / LAST_CHECKPOINT, SIGNATURE)  # the matching config loads
 
 
 def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_loadable(tmp_path):
     io = AtomicCheckpointIO()
-    path = tmp_path / "ckpt" / LAST
+    path = tmp_path / "ckpt" / LAST_CHECKPOINT
     io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
 
     class Unpicklable:  # torch.save fails partway through writing, as a kill or a full disk would
@@ -158,14 +159,14 @@ def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_loadable(tmp_p
         io.save_checkpoint({"global_step": 2, "w": torch.zeros(1000), "x": Unpicklable()}, path)
     loaded = io.load_checkpoint(path)
     assert loaded["global_step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
-    assert sorted(p.name for p in path.parent.iterdir()) == [LAST], "a partial file was left behind"
+    assert sorted(p.name for p in path.parent.iterdir()) == [LAST_CHECKPOINT], "a partial file was left behind"
 
 
 def test_partial_files_of_a_killed_save_are_removed_at_the_next_start(tmp_path):
-    (tmp_path / f".{LAST}.4242.partial").write_bytes(b"half a checkpoint")
-    (tmp_path / LAST).write_bytes(b"kept")
-    assert [p.name for p in remove_partial_writes(tmp_path)] == [f".{LAST}.4242.partial"]
-    assert [p.name for p in tmp_path.iterdir()] == [LAST]
+    (tmp_path / f".{LAST_CHECKPOINT}.4242.partial").write_bytes(b"half a checkpoint")
+    (tmp_path / LAST_CHECKPOINT).write_bytes(b"kept")
+    assert [p.name for p in remove_partial_writes(tmp_path)] == [f".{LAST_CHECKPOINT}.4242.partial"]
+    assert [p.name for p in tmp_path.iterdir()] == [LAST_CHECKPOINT]
 
 
 def test_checkpoints_load_without_pickle(tmp_path):
@@ -304,9 +305,10 @@ def test_resume_from_last_needs_a_checkpoint_in_the_run_directory(tmp_path):
         to_typed(compose_train(f"output_dir={tmp_path}", "ckpt_path=last"), TrainConfig)
     assert resolve_resume("auto", tmp_path) is None  # auto: a fresh start when there is nothing to resume
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / LAST).write_bytes(b"x")
+    (tmp_path / "checkpoints" / LAST_CHECKPOINT).write_bytes(b"x")
     assert to_typed(compose_train(f"output_dir={tmp_path}", "ckpt_path=last"), TrainConfig).ckpt_path == "last"
-    assert resolve_resume("auto", tmp_path) == resolve_resume("last", tmp_path) == tmp_path / "checkpoints" / LAST
+    last = tmp_path / "checkpoints" / LAST_CHECKPOINT
+    assert resolve_resume("auto", tmp_path) == resolve_resume("last", tmp_path) == last
 
 
 # ---------------------------------------------------------------------------------------- non-finite
@@ -320,8 +322,8 @@ def test_a_diverging_run_stops_naming_step_batch_and_lambdas_and_keeps_its_last_
     message = str(info.value)
     assert message.startswith(f"non-finite loss at step 1 (epoch 0); batch ids (question_id): {recorder.ids[1]}; ")
     assert "lambda per layer: text/layer0=" in message and ", vision/layer0=" in message
-    assert f"the last good checkpoint is {tmp_path / 'ckpt' / LAST}" in message
-    saved = read_checkpoint(tmp_path / "ckpt" / LAST)
+    assert f"the last good checkpoint is {tmp_path / 'ckpt' / LAST_CHECKPOINT}" in message
+    saved = read_checkpoint(tmp_path / "ckpt" / LAST_CHECKPOINT)
     assert saved["global_step"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
 
 
@@ -330,7 +332,7 @@ def test_skip_mode_drops_non_finite_updates_and_counts_them(tiny_processor, tiny
     module.optim = OptimConfig(lr=1e30, warmup_steps=0, schedule="constant")
     trainer = _fit(module, _data(tiny_processor), tmp_path / "ckpt", Recorder(), max_epochs=1)
     assert trainer.global_step == 5 and module.skipped_steps == 4  # every step after the first diverges
-    after_first = read_checkpoint(tmp_path / "ckpt" / LAST)  # written after the last step that was applied
+    after_first = read_checkpoint(tmp_path / "ckpt" / LAST_CHECKPOINT)  # written after the last step that was applied
     for name, p in module.model.named_parameters():
         if p.requires_grad:
             assert torch.isfinite(p).all(), name

@@ -33,14 +33,15 @@ class ModelConfig:
         choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.source == "pretrained" and not self.name_or_path:
             fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")
-        v, t = self.tiny.vision, self.tiny.text
-        if v.image_size % v.patch_size:
-            fail(f"{key}.tiny.vision.image_size", v.image_size, f"must be a multiple of patch_size={v.patch_size}")
-        if t.num_attention_heads % t.num_key_value_heads:
+        vision, text = self.tiny.vision, self.tiny.text
+        if vision.image_size % vision.patch_size:
+            fail(f"{key}.tiny.vision.image_size", vision.image_size,
+                 f"must be a multiple of patch_size={vision.patch_size}")
+        if text.num_attention_heads % text.num_key_value_heads:
             fail(
                 f"{key}.tiny.text.num_key_value_heads",
-                t.num_key_value_heads,
-                f"must divide num_attention_heads={t.num_attention_heads}",
+                text.num_key_value_heads,
+                f"must divide num_attention_heads={text.num_attention_heads}",
             )
         for stage in ("stage0", "stage1"):
             steps = getattr(self.tiny, stage).steps
@@ -49,11 +50,11 @@ class ModelConfig:
         unknown = sorted((set(self.tiny.stage1.weights) | set(self.tiny.stage1.opening)) - set(STAGE1_TASKS))
         if unknown:
             fail(f"{key}.tiny.stage1.weights", unknown, f"unknown tasks; allowed: {', '.join(STAGE1_TASKS)}")
-        if not 1 <= self.tiny.stage1.match_layer <= t.num_hidden_layers:
+        if not 1 <= self.tiny.stage1.match_layer <= text.num_hidden_layers:
             fail(f"{key}.tiny.stage1.match_layer", self.tiny.stage1.match_layer,
-                 f"must be in [1, text.num_hidden_layers={t.num_hidden_layers}]")
-        if v.hidden_size % v.num_attention_heads:
-            fail(f"{key}.tiny.vision.num_attention_heads", v.num_attention_heads, "must divide hidden_size")
+                 f"must be in [1, text.num_hidden_layers={text.num_hidden_layers}]")
+        if vision.hidden_size % vision.num_attention_heads:
+            fail(f"{key}.tiny.vision.num_attention_heads", vision.num_attention_heads, "must divide hidden_size")
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from PIL import Image
 
@@ -147,7 +147,9 @@ def summary(scores: NeedleScores, stacks: HaystackSet, count: int, out: Path) ->
     chance = 1 / (spec.images * spec.grid * spec.grid)
     head = (f"MMNeedle ({scores.mode} mode, M={spec.images}, N={spec.grid}, {count} samples from {spec.source}, "
             f"seed {spec.seed}; a needle counts only if index, row AND column are right, chance {chance:.0%}):")
-    pct = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    def pct(value: Optional[float]) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
     parts = [f"exact {pct(scores.exact)}"]
     if scores.mode == "paper":
         parts.append(f"row {pct(scores.row)}, column {pct(scores.column)}")

@@ -71,13 +71,17 @@ def draw_absent(setting: str, present: frozenset[str], candidates: Sequence[str]
     if setting == "random":
         return rng.sample(absent, k)
     order = {c: i for i, c in enumerate(absent)}
-    if setting == "popular":
-        key = lambda c: (-stats.frequency[c], order[c])  # noqa: E731
-    elif setting == "adversarial":
-        key = lambda c: (-sum(stats.cooccurrence[(p, c)] for p in present), -stats.frequency[c], order[c])  # noqa: E731
-    else:
+    if setting not in ("popular", "adversarial"):
         raise ValueError(f"setting={setting!r}: must be one of {', '.join(SETTINGS)}")
-    return sorted(absent, key=key)[:k]
+
+    def rank(candidate: str) -> tuple:
+        """Most frequent first (adversarial: most co-occurring with the present objects first), ties in order."""
+        frequent = (-stats.frequency[candidate], order[candidate])
+        if setting == "popular":
+            return frequent
+        return (-sum(stats.cooccurrence[(p, candidate)] for p in present), *frequent)
+
+    return sorted(absent, key=rank)[:k]
 
 
 def build_probes(source: ObjectSource, images: int, seed: int) -> dict[str, list[Probe]]:

@@ -8,8 +8,8 @@ Every key is type-checked against ``diffpali.config.EvaluateConfig`` before anyt
 import hydra
 from omegaconf import DictConfig
 
-from diffpali.cli import run_job
 from diffpali.config import EvaluateConfig, register_configs
+from diffpali.jobs import run_job
 
 register_configs()
 

@@ -10,8 +10,8 @@ Every key is type-checked against ``diffpali.config.TrainConfig`` before anythin
 import hydra
 from omegaconf import DictConfig
 
-from diffpali.cli import run_job
 from diffpali.config import TrainConfig, register_configs
+from diffpali.jobs import run_job
 
 register_configs()
 

@@ -32,7 +32,8 @@ VARIANTS = {v.display_name(): dict(v.selects) for v in REGISTRY.values()}
 
 
 def build_step(attn: dict, layers: int, device: str):
-    """A closure running one LoRA training step of the variant; returns (step, sequence length, cache bytes per token)."""
+    """A closure running one LoRA training step of the variant; returns (step, sequence length, cache bytes per
+    token)."""
     import torch
     from PIL import Image
     from transformers import PaliGemmaForConditionalGeneration
@@ -106,7 +107,8 @@ def main() -> None:
     results = {}
     for name, attn in VARIANTS.items():
         out = subprocess.run(
-            [sys.executable, __file__, "--child", json.dumps(attn), "--layers", str(args.layers), "--device", args.device],
+            [sys.executable, __file__, "--child", json.dumps(attn), "--layers", str(args.layers),
+             "--device", args.device],
             check=True, capture_output=True, text=True,
         )
         # before the parent holds any model: Linux keeps a process's max RSS across fork and exec

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffpali.model import SHIPPED_TINY_DIR  # noqa: E402
 from diffpali.data.easy_vqa import question_only_baseline  # noqa: E402
+from diffpali.paths import SHIPPED_TINY_DIR  # noqa: E402
 
 
 def main() -> None:
@@ -29,7 +29,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         started = time.time()
         subprocess.run(
-            [sys.executable, "train.py", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp}", *sys.argv[1:]],
+            [sys.executable, "train.py", "logger=csv", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp}",
+             *sys.argv[1:]],
             cwd=ROOT, check=True, capture_output=True, text=True,
         )
         wall = time.time() - started
@@ -37,7 +38,8 @@ def main() -> None:
     key = "test/vqa_accuracy_official"
     baseline = question_only_baseline("test")
     rows = [
-        (f"base build (shipped, {build['device']})", build["train_seconds"], f"{build['spec']['pretrain_steps']} steps, once"),
+        (f"base build (shipped, {build['device']})", build["train_seconds"],
+         f"{build['spec']['pretrain_steps']} steps, once"),
         ("LoRA fine-tune", metrics["fit_seconds"], f"{metrics['train_steps']} steps"),
         ("test scoring (generation)", metrics["test_seconds"], ""),
         ("train.py end to end", wall, "process start to exit"),
@@ -47,10 +49,13 @@ def main() -> None:
         print(f"{label:<30}{seconds:>10.0f} s" + (f"  ({note})" if note else ""))
     print()
     print("easy-vqa test, official VQAv2 convention   overall  yes/no  color  shape")
-    row = lambda name, v: print(f"{name:<42} {v['overall']:.3f}   {v['yes/no']:.3f}   {v['color']:.3f}  {v['shape']:.3f}")  # noqa: E731
+    def row(name: str, v: dict) -> None:
+        print(f"{name:<42} {v['overall']:.3f}   {v['yes/no']:.3f}   {v['color']:.3f}  {v['shape']:.3f}")
+
     row("question-only baseline", baseline)
     row("shipped base (before LoRA)", build["scores"]["test"])
-    row("LoRA fine-tuned (python train.py)", {"overall": metrics[key], **{c: metrics[f"{key}/{c}"] for c in ("yes/no", "color", "shape")}})
+    fine_tuned = {c: metrics[f"{key}/{c}"] for c in ("yes/no", "color", "shape")}
+    row("LoRA fine-tuned (python train.py)", {"overall": metrics[key], **fine_tuned})
 
 
 if __name__ == "__main__":

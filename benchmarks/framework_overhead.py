@@ -43,7 +43,8 @@ def build(attn: str, batch_size: int, seed: int = 0) -> tuple[Any, Any, dict[str
 
     torch.manual_seed(seed)
     model, processor = build_model(ModelConfig(), AttnConfig(variant=attn), FfnConfig(), LoraConfig(rank=16, alpha=32))
-    data = VQADataModule(DataConfig(train_limit=batch_size, val_limit=8, test_limit=8, batch_size=batch_size), processor)
+    data_cfg = DataConfig(train_limit=batch_size, val_limit=8, test_limit=8, batch_size=batch_size)
+    data = VQADataModule(data_cfg, processor)
     data.setup("fit")
     train = data.datasets["train"]
     batch = PaliGemmaCollator(processor, train=True)([train[i] for i in range(batch_size)])
@@ -56,7 +57,7 @@ def hand_written(model: Any, loader: Any, total_steps: int) -> Callable[[int], f
 
     from diffpali.config import OptimConfig
     from diffpali.data.collate import model_inputs
-    from diffpali.module import warmup_cosine
+    from diffpali.lightning_module import warmup_cosine
 
     o = OptimConfig()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -97,12 +98,12 @@ def main() -> None:
     import lightning as L
     import torch
 
-    from diffpali.analysis.lambda_history import LambdaHistory
     from diffpali.checkpointing import RNGState
     from diffpali.config import OptimConfig
     from diffpali.console import configure_console
     from diffpali.data.datamodule import VQADataModule
-    from diffpali.module import DiffPaliModule
+    from diffpali.lambda_history import LambdaHistory
+    from diffpali.lightning_module import DiffPaliModule
     from diffpali.progress import ConsoleProgress
 
     torch.set_num_threads(args.threads)
@@ -165,12 +166,14 @@ def main() -> None:
         trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=total, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, gradient_clip_val=1.0,
                             log_every_n_steps=10, num_sanity_val_steps=0, limit_val_batches=0,
-                            callbacks=[RNGState(), LambdaHistory(tmp), ConsoleProgress(interactive=False), Interleave()],
+                            callbacks=[RNGState(), LambdaHistory(tmp), ConsoleProgress(interactive=False),
+                                       Interleave()],
                             default_root_dir=tmp)
         trainer.fit(module, datamodule=SameBatches())
     lightning, plain = statistics.median(times["lightning"][1:]), statistics.median(times["hand"][1:])
     ratio = lightning / plain
-    print(f"LoRA training step, embedded default (shipped tiny base, attn={args.attn}, LoRA r16), batch {args.batch_size}, "
+    print(f"LoRA training step, embedded default (shipped tiny base, attn={args.attn}, LoRA r16), "
+          f"batch {args.batch_size}, "
           f"cpu, {args.threads} thread(s); median of {args.blocks} interleaved blocks of {args.block} steps")
     print(f"  hand-written PyTorch + peft loop   {1000 * plain:8.2f} ms/step")
     print(f"  Lightning (train.py's module)      {1000 * lightning:8.2f} ms/step")

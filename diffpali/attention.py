@@ -58,7 +58,8 @@ class DiffLambda(nn.Module):
     exp of a dot product is too coarse for it.
     """
 
-    def __init__(self, dim: int, lambda_init: float, std: float, tied: bool = False, device: torch.device | None = None):
+    def __init__(self, dim: int, lambda_init: float, std: float, tied: bool = False,
+                 device: torch.device | None = None):
         super().__init__()
         self.lambda_init = lambda_init
         vectors = torch.empty(4, dim, dtype=torch.float32, device=device).normal_(0.0, std)
@@ -154,7 +155,8 @@ class AttentionVariant:
         """Add the variant's parts to one attention module; returns the children peft must save whole."""
         lambda_init = lambda_init_for(depth, cfg)
         device = module.v_proj.weight.device
-        module.diff_lambda = DiffLambda(cls.branch_dim(module), lambda_init, cfg.lambda_std, cfg.lambda_pairs == "tied", device)
+        tied = cfg.lambda_pairs == "tied"
+        module.diff_lambda = DiffLambda(cls.branch_dim(module), lambda_init, cfg.lambda_std, tied, device)
         saved = ["diff_lambda"]
         if cfg.head_norm:
             module.diff_norm = HeadRMSNorm(module.head_dim, lambda_init, device)
@@ -298,7 +300,8 @@ class DiffV2(AttentionVariant):
         width = module.q_proj.in_features
         device = module.q_proj.weight.device
         twin = noisy_copy(module.q_proj, cfg.branch_noise, f"{name}.q2_proj")
-        module.q_proj = QueryWithLambda(module.q_proj, twin, module.head_dim, TokenLambda(width, heads, cfg.v2_lambda_init, device))
+        lam = TokenLambda(width, heads, cfg.v2_lambda_init, device)
+        module.q_proj = QueryWithLambda(module.q_proj, twin, module.head_dim, lam)
         kv_heads = module.k_proj.out_features // module.head_dim
         module.num_key_value_groups = 2 * heads // kv_heads        # read by the SDPA wrapper to repeat K, V
         return ["diff_lambda"]

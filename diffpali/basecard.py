@@ -17,8 +17,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .config import EvalTaskConfig, EvaluateConfig, LoggerConfig, ModelConfig, TinySpec
+from .data.easy_vqa import question_only_baseline
 from .jsonio import write_json_atomic
+from .runner import evaluate
+from .zoo.build import apply_overrides, build_base
 
 log = logging.getLogger(__name__)
 BUILD_INFO = "build_info.json"
@@ -43,9 +48,11 @@ BENCHMARKS: dict[str, tuple[dict[str, Any], tuple[str, ...], dict[str, float]]] 
 
 
 def _attention_summary(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Per decoder layer: the needle's share of image attention, its standard error over haystacks, and its z against 0.25."""
+    """Per decoder layer: the needle's share of image attention, its standard error over haystacks, and its
+    distance from chance (0.25) in standard errors."""
     prefix = "attention/text"
-    layers = sorted({int(k.split("/")[2][5:]) for k in metrics if k.startswith(f"{prefix}/layer") and k.count("/") == 3})
+    layers = sorted({int(k.split("/")[2][5:]) for k in metrics
+                     if k.startswith(f"{prefix}/layer") and k.count("/") == 3})
     out: dict[str, Any] = {}
     for layer in layers:
         share = metrics.get(f"{prefix}/layer{layer}/needle_of_image")
@@ -57,9 +64,6 @@ def _attention_summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def score_base(base_dir: Path, cache_dir: str | None = None, limit: int | None = None) -> dict[str, Any]:
     """Every benchmark of :data:`BENCHMARKS` on the base in ``base_dir`` (no adapter), with chance levels."""
-    from .data.easy_vqa import question_only_baseline
-    from .runner import evaluate
-
     scores: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (settings, keys, chance) in BENCHMARKS.items():
@@ -89,13 +93,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 beside other work)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    import torch
-
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.score_only:
-        from .zoo.build import apply_overrides, build_base
-
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         build_base(apply_overrides(TinySpec(), args.set), args.out, device, args.work)
     info_path = args.out / BUILD_INFO

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
+import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,8 +26,10 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
+from .files import UnreadableFileError, describe_error
+from .paths import CHECKPOINT_DIR, LAST_CHECKPOINT
+from .zoo.tiny import spec_key
+
 PARTIAL_SUFFIX = ".partial"
 SIGNATURE_KEY = "diffpali_signature"
 
@@ -85,7 +89,7 @@ def resolve_resume(ckpt_path: Optional[str], output_dir: Path) -> Optional[Path]
     """The checkpoint file to resume from: a path, ``last`` (must exist), ``auto`` (if it exists), or None."""
     if ckpt_path is None:
         return None
-    last = Path(output_dir) / CHECKPOINT_DIR / LAST
+    last = Path(output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT
     if ckpt_path == "auto":
         return last if last.is_file() else None
     path = last if ckpt_path == "last" else Path(ckpt_path).expanduser()
@@ -101,11 +105,6 @@ CHECKPOINT_REMEDY = ("Restore it from a copy, or start the run afresh without re
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only``); an unreadable file is named with what to do, not a bare error."""
-    import pickle
-    import re
-
-    from .files import UnreadableFileError, _describe
-
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -115,14 +114,12 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
                                   "weights_only=True (tensors and plain data only)",
                                   "Resume from a checkpoint written by diffpali's train.py") from err
     except Exception as err:  # truncated or not a checkpoint at all
-        raise UnreadableFileError(path, f"truncated or corrupt ({_describe(err)})", CHECKPOINT_REMEDY) from err
+        raise UnreadableFileError(path, f"truncated or corrupt ({describe_error(err)})", CHECKPOINT_REMEDY) from err
 
 
 # ------------------------------------------------------------------------------------ signature
 def run_signature(model: Any, attn: Any, ffn: Any, lora: Any) -> dict[str, Any]:
     """Flat ``{"attn.variant": ..., "lora.rank": ...}`` of every setting that shapes the trained model."""
-    from .zoo.tiny import spec_key
-
     signature: dict[str, Any] = {"model.source": model.source}
     if model.source == "zoo":
         signature["model.tiny"] = spec_key(model.tiny)  # hash of the whole tiny spec
@@ -156,7 +153,8 @@ def check_signature(checkpoint: dict[str, Any], current: dict[str, Any], path: A
 
 
 def check_checkpoint(path: Path, current: dict[str, Any]) -> dict[str, Any]:
-    """Read ``path`` safely and check its signature; cheap (trainable tensors only), so it runs before the model loads."""
+    """Read ``path`` safely and check its signature; cheap (trainable tensors only), so it runs before the
+    model loads."""
     checkpoint = read_checkpoint(path)
     check_signature(checkpoint, current, path)
     return checkpoint
@@ -179,8 +177,9 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    saved = state["numpy"]
+    np.random.set_state((saved["kind"], saved["keys"].numpy().astype(np.uint32), saved["pos"], saved["has_gauss"],
+                         saved["gauss"]))
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():

@@ -52,15 +52,17 @@ class ConsoleFilter(logging.Filter):
             return False
         if record.levelno >= logging.WARNING:
             return True
-        if not _rank_zero():  # under DDP every rank runs the same job: its INFO lines once, from rank 0
+        if not is_rank_zero():  # under DDP every rank runs the same job: its INFO lines once, from rank 0
             return False
         return record.name == "diffpali" or record.name.startswith("diffpali.")
 
 
-def _rank_zero() -> bool:
-    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):  # as Lightning reads the rank
-        if os.environ.get(key) is not None:
-            return os.environ[key].strip() == "0"
+def is_rank_zero() -> bool:
+    """Rank from the environment, as Lightning reads it (DDP children get LOCAL_RANK; SLURM tasks SLURM_PROCID)."""
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(key)
+        if value is not None:
+            return value.strip() == "0"
     return True
 
 
@@ -91,7 +93,9 @@ def configure_console() -> None:
     """Apply the rules of the module doc; call once Hydra has set up logging, before the job's work."""
     filter_known_noise()
     logging.captureWarnings(True)  # warnings reach the console and the log file through logging, once
-    import lightning  # noqa: F401  (its import adds the console handler removed here)
+    # Deferred (heavy, and console rules load before the config is checked); importing it adds
+    # the console handler removed here.
+    import lightning  # noqa: F401
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
@@ -102,6 +106,6 @@ def configure_console() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropAdvertisements) for f in logger.filters):
             logger.addFilter(_DropAdvertisements())
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # deferred: heavy, as lightning above
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars; our own lines say what is loaded

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 
 class UnreadableFileError(ValueError):
     """A file diffpali needs is missing, truncated or corrupt. The message names the file, what is
@@ -24,7 +26,7 @@ class UnreadableFileError(ValueError):
         super().__init__(f"{path} cannot be read: {problem}. {remedy}")
 
 
-def _describe(err: BaseException) -> str:
+def describe_error(err: BaseException) -> str:
     """``Type: first sentence`` of a library's error (torch's add paragraphs of advice)."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     text = text.split(". ")[0].rstrip(".")
@@ -33,15 +35,13 @@ def _describe(err: BaseException) -> str:
 
 def safetensors_problem(path: Path) -> str | None:
     """What is wrong with a safetensors file (header, offsets, file length), or None if it is whole."""
-    from safetensors import safe_open
-
     if not path.is_file():
         return "the file is missing"
     try:
         with safe_open(str(path), framework="pt") as handle:
             handle.keys()
     except Exception as err:  # SafetensorError, OSError: the file is cut short or not safetensors at all
-        return f"truncated or corrupt ({_describe(err)})"
+        return f"truncated or corrupt ({describe_error(err)})"
     return None
 
 
@@ -52,7 +52,7 @@ def json_problem(path: Path) -> str | None:
     try:
         json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        return f"truncated or corrupt ({_describe(err)})"
+        return f"truncated or corrupt ({describe_error(err)})"
     return None
 
 

@@ -1,4 +1,4 @@
-"""Experiment loggers: W&B (online with a login, offline without), CSV, or none."""
+"""Experiment loggers: W&B (online with a login, offline without), CSV, or none; W&B tables and pictures."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import netrc
 import os
 import secrets
 import string
-import sys
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from PIL import Image
 
+from .attention import variant_for
 from .config import LoggerConfig
+from .console import is_rank_zero
+from .jsonio import write_json_atomic
+from .paths import WANDB_RUN_FILE
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,6 @@ def variant_tags(config: dict[str, Any]) -> list[str]:
     tags = []
     attn = config.get("attn") or {}
     if attn.get("variant"):
-        from .attention import variant_for  # torch: loaded by now in every job that logs
-
         tags += variant_for(attn).tags()
     if (config.get("ffn") or {}).get("variant"):
         tags.append(f"ffn={config['ffn']['variant']}")
@@ -56,13 +58,9 @@ def variant_tags(config: dict[str, Any]) -> list[str]:
     return tags
 
 
-#: The W&B run of a run directory: ``{"id": ..., "project": ..., "mode": ...}``, so a resume continues it.
-RUN_ID_FILE = "wandb_run.json"
-
-
 def saved_run_id(run_dir: str | Path) -> str | None:
     """The W&B run id recorded in ``run_dir`` by an earlier start of the same run, if any."""
-    path = Path(run_dir) / RUN_ID_FILE
+    path = Path(run_dir) / WANDB_RUN_FILE
     if not path.is_file():
         return None
     try:
@@ -80,7 +78,7 @@ def new_run_id() -> str:
 
 def _quiet_wandb() -> None:
     """W&B's own info lines off (diffpali logs one line per run instead); its warnings and errors stay on."""
-    import wandb
+    import wandb  # deferred: slow to import, and needed only with logger=wandb
 
     wandb.setup(wandb.Settings(show_info=False))
 
@@ -90,7 +88,7 @@ def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, 
     """Build the configured logger and record the fully resolved config in it.
 
     A W&B run is named by the job's overrides, grouped by experiment (a multirun job: experiment and
-    sweep, set by :func:`diffpali.cli.run_job`), and tagged with ``cfg.tags`` plus :func:`variant_tags`.
+    sweep, set by :func:`diffpali.jobs.run_job`), and tagged with ``cfg.tags`` plus :func:`variant_tags`.
     Its id is written to ``<save_dir>/wandb_run.json``; ``resume_id`` continues that run (a resumed
     training run) instead of opening a new one.
     """
@@ -99,8 +97,6 @@ def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, 
     if cfg.kind == "csv":
         logger: Logger = CSVLogger(save_dir=str(save_dir), name="csv", version="")
     else:
-        import wandb
-
         mode = wandb_mode(cfg)
         _quiet_wandb()
         run_id = resume_id or new_run_id()
@@ -123,13 +119,10 @@ def make_logger(cfg: LoggerConfig, save_dir: str | Path, name: str, group: str, 
 
 def _record_run(logger: WandbLogger, save_dir: Path, run_id: str, mode: str, resumed: bool) -> None:
     """Write the run's id to the run directory and say in one line where the run is (rank zero only)."""
-    from .cli import is_rank_zero
-    from .jsonio import write_json_atomic
-
     if not is_rank_zero() or mode == "disabled":
         return
     run = logger.experiment  # starts the W&B run
-    write_json_atomic(save_dir / RUN_ID_FILE, {"id": run_id, "project": run.project, "mode": mode})
+    write_json_atomic(save_dir / WANDB_RUN_FILE, {"id": run_id, "project": run.project, "mode": mode})
     what = f"continuing run {run_id}" if resumed else f"run {run_id}"
     if mode == "offline":
         log.info("W&B: offline, %s in %s; sync later with `wandb sync %s`", what, run.settings.sync_dir,
@@ -141,13 +134,33 @@ def _record_run(logger: WandbLogger, save_dir: Path, run_id: str, mode: str, res
 def finish(logger: Logger | None) -> None:
     """Close the W&B run so the next job of a multirun starts its own."""
     if isinstance(logger, WandbLogger):
-        import wandb
+        import wandb  # deferred: slow to import; loaded already when a W&B logger exists
 
         wandb.finish()
 
 
-def finish_failed() -> None:
-    """Mark the open W&B run (if any) as failed and close it, so the next job of a multirun starts its own."""
-    wandb = sys.modules.get("wandb")  # never import W&B just to find that no run is open
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish(exit_code=1)
+def log_table(logger: Any, key: str, columns: list[str], rows: list[list[Any]]) -> None:
+    """A W&B table (PIL images become ``wandb.Image``); other loggers have no tables and skip it."""
+    if not isinstance(logger, WandbLogger) or not rows:
+        return
+    import wandb  # deferred: slow to import; loaded already when a W&B logger exists
+
+    data = [[wandb.Image(v) if isinstance(v, Image.Image) else v for v in row] for row in rows]
+    payload: dict[str, Any] = {key: wandb.Table(columns=columns, data=data)}
+    # An offline run stores a table's images as the word "Image" (wandb/wandb#4611); the same images
+    # as a captioned list survive offline and a later `wandb sync`.
+    gallery = []
+    for row in rows:
+        caption = ", ".join(f"{c}={v}" for c, v in zip(columns, row) if not isinstance(v, Image.Image))
+        gallery += [wandb.Image(v, caption=caption) for v in row if isinstance(v, Image.Image)]
+    if gallery:
+        payload[f"{key}_images"] = gallery
+    logger.experiment.log(payload)
+
+
+def log_pictures(logger: Any, pictures: dict[str, Path]) -> None:
+    """PNGs already written in the run directory, logged to W&B under their keys."""
+    if isinstance(logger, WandbLogger) and pictures:
+        import wandb  # deferred: slow to import; loaded already when a W&B logger exists
+
+        logger.experiment.log({key: wandb.Image(str(path)) for key, path in pictures.items()})

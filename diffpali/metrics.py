@@ -17,6 +17,13 @@ import torch
 from torchmetrics import Metric
 
 CONVENTIONS = ("official", "simple")
+#: Breakdown categories by dataset; easy-vqa reports its shape and colour questions separately.
+CATEGORIES = {"easy_vqa": ("yes/no", "color", "shape"), "vqav2": ("yes/no", "number", "other")}
+
+
+def categories_for(dataset_name: str) -> tuple[str, ...]:
+    """The score breakdown of a dataset (VQAv2's for a dataset in its schema that is not listed)."""
+    return CATEGORIES.get(dataset_name, CATEGORIES["vqav2"])
 
 _CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -37,7 +44,8 @@ _CONTRACTIONS = {
     "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's", "theyd": "they'd",
     "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're", "theyve": "they've",
     "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't",
-    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "whatll": "what'll", "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's",
+    "whered": "where'd",
     "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've",
     "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
     "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
@@ -50,7 +58,8 @@ _NUMBER_WORDS = {
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
 }
 _ARTICLES = {"a", "an", "the"}
-_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?",
+                "!"]
 # vqaEval.py's period regex has the typo "(?!<=\d)" (a negative lookahead for the text "<=" and a
 # digit, not a lookbehind); kept as is, since it defines the official numbers.
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
@@ -119,7 +128,8 @@ class VQAAccuracy(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, convention: str = "official", answer_types: Sequence[str] = ("yes/no", "number", "other"), **kwargs):
+    def __init__(self, convention: str = "official", answer_types: Sequence[str] = ("yes/no", "number", "other"),
+                 **kwargs):
         super().__init__(**kwargs)
         if convention not in CONVENTIONS:
             raise ValueError(f"convention={convention!r}: must be one of {', '.join(CONVENTIONS)}")
@@ -131,7 +141,8 @@ class VQAAccuracy(Metric):
         self.add_state("type_total", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("type_count", default=torch.zeros(n, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, predictions: Sequence[str], answers: Sequence[Sequence[str]], answer_types: Sequence[str] | None = None) -> None:
+    def update(self, predictions: Sequence[str], answers: Sequence[Sequence[str]],
+               answer_types: Sequence[str] | None = None) -> None:
         if len(predictions) != len(answers):
             raise ValueError(f"{len(predictions)} predictions for {len(answers)} answer lists")
         if answer_types is not None and len(answer_types) != len(predictions):
@@ -151,7 +162,7 @@ class VQAAccuracy(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         nan = torch.tensor(float("nan"), dtype=torch.float64, device=self.total.device)
         out = {"overall": self.total / self.count if self.count > 0 else nan, "count": self.count.clone()}
-        for j, name in enumerate(self.answer_types):
-            c = self.type_count[j]
-            out[name] = self.type_total[j] / c if c > 0 else nan
+        for index, name in enumerate(self.answer_types):
+            count = self.type_count[index]
+            out[name] = self.type_total[index] / count if count > 0 else nan
         return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -17,23 +16,30 @@ from typing import Any
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
 from .attention import VARIANTS
 from .config import AttnConfig, FfnConfig, LoraConfig, ModelConfig, TinySpec
+from .ffn import apply_ffn
 from .files import check_files, read_json
+from .paths import (
+    ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+    SHIPPED_TINY_DIR,
+    VARIANT_WEIGHTS_FILE,
+    VARIANTS_FILE,
+    cache_root,
+)
+from .surgery import apply_attention
+from .zoo.build import build_base
 from .zoo.tiny import spec_key
 
 log = logging.getLogger(__name__)
 
-SHIPPED_TINY_DIR = Path(__file__).parent / "zoo" / "tiny_paligemma"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: Module-name prefixes of the two towers inside PaliGemmaForConditionalGeneration.
 TOWER_PATTERNS = {"text": r"model\.language_model\.", "vision": r"model\.vision_tower\."}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DIFFPALI_CACHE", Path.home() / ".cache" / "diffpali"))
 
 
 def base_remedy(directory: Path) -> str:
@@ -64,13 +70,10 @@ def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str 
     if _built_key(SHIPPED_TINY_DIR) == key:
         log.info("tiny base %s: using the shipped base in %s", key, SHIPPED_TINY_DIR)
         return SHIPPED_TINY_DIR
-    cached = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    target = cached / "tiny" / key
+    target = cache_root(cache_dir) / "tiny" / key
     if _built_key(target) == key:
         log.info("tiny base %s: using the cached base in %s", key, target)
         return target
-    from .zoo.build import build_base
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log.warning("tiny base %s: not shipped or cached; building it now on %s (%d + %d pretraining steps) into %s",
                 key, device, spec.stage0.steps, spec.stage1.steps, target)
@@ -114,9 +117,6 @@ def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnConfig, f
     Returns the module names of new trainable parts that LoRA must save whole
     (peft ``modules_to_save``). ``vanilla`` and ``mlp`` leave the model untouched.
     """
-    from .ffn import apply_ffn
-    from .surgery import apply_attention
-
     return apply_attention(model, attn) + apply_ffn(model, ffn)
 
 
@@ -143,10 +143,12 @@ def lora_targets(model: torch.nn.Module, cfg: LoraConfig) -> list[str]:
     and only its two linear branches can carry LoRA.
     """
     pattern = re.compile(lora_target_regex(cfg))
-    return [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear) and pattern.match(name)]
+    return [name for name, module in model.named_modules()
+            if isinstance(module, torch.nn.Linear) and pattern.match(name)]
 
 
-def wrap_lora(model: PaliGemmaForConditionalGeneration, cfg: LoraConfig, modules_to_save: list[str] | None = None) -> PeftModel:
+def wrap_lora(model: PaliGemmaForConditionalGeneration, cfg: LoraConfig,
+              modules_to_save: list[str] | None = None) -> PeftModel:
     """Freeze the base and add LoRA adapters (peft); new variant modules train and save whole."""
     peft_config = PeftLoraConfig(
         r=cfg.rank,
@@ -168,11 +170,6 @@ def build_model(
     return wrap_lora(model, lora, new_modules), processor
 
 
-VARIANTS_FILE = "diffpali.json"
-#: Frozen tensors a variant created (a second branch: a noisy copy of Q or K). peft saves only what trains,
-#: and rebuilding them from the RNG would tie a saved adapter to the run's seed.
-VARIANT_WEIGHTS_FILE = "variant_weights.safetensors"
-ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 #: train.py writes an adapter whole at the end of a run, so a damaged one was damaged afterwards.
 ADAPTER_REMEDY = ("Copy the adapter folder again from where it was trained, or retrain it with python train.py "
                   "(a run that was cut short resumes with ckpt_path=last)")
@@ -186,8 +183,6 @@ def frozen_variant_names(model: torch.nn.Module) -> list[str]:
 
 def save_adapter(model: PeftModel, adapter_dir: str | Path, variants: dict[str, Any]) -> None:
     """Write the adapter, the variants' frozen copies (both safetensors) and the settings to rebuild the model."""
-    from safetensors.torch import save_file
-
     adapter_dir = Path(adapter_dir)
     model.save_pretrained(str(adapter_dir), safe_serialization=True)
     params = dict(model.named_parameters())
@@ -205,13 +200,11 @@ def load_adapter(base: PaliGemmaForConditionalGeneration, adapter_dir: str | Pat
     frozen copies from ``variant_weights.safetensors``.
     Only safetensors are read (no pickle): an adapter saved as ``adapter_model.bin`` is refused.
     """
-    from safetensors.torch import load_file
-
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / ADAPTER_WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{adapter_dir}: no {ADAPTER_WEIGHTS_FILE}; diffpali loads adapters from safetensors "
                                 "only (a pickled adapter_model.bin could run code when loaded)")
-    check_files(adapter_dir, ADAPTER_REMEDY, required=("adapter_config.json",))
+    check_files(adapter_dir, ADAPTER_REMEDY, required=(ADAPTER_CONFIG_FILE,))
     variants_file = adapter_dir / VARIANTS_FILE
     if variants_file.is_file():
         saved = json.loads(variants_file.read_text())
@@ -221,5 +214,6 @@ def load_adapter(base: PaliGemmaForConditionalGeneration, adapter_dir: str | Pat
         frozen = load_file(str(adapter_dir / VARIANT_WEIGHTS_FILE))
         unexpected = model.load_state_dict(frozen, strict=False).unexpected_keys
         if unexpected:
-            raise ValueError(f"{adapter_dir / VARIANT_WEIGHTS_FILE} holds tensors this model lacks, e.g. {unexpected[:3]}")
+            raise ValueError(f"{adapter_dir / VARIANT_WEIGHTS_FILE} holds tensors this model lacks, "
+                             f"e.g. {unexpected[:3]}")
     return model

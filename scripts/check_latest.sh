@@ -7,7 +7,7 @@
 #
 # When it passes with newer versions: regenerate the lock from .venv-latest
 # (.venv-latest/bin/python scripts/lock.py > requirements-lock.txt), and when a new transformers
-# minor has passed, raise the cap in pyproject.toml (see README, "Tested versions").
+# minor has passed, raise the cap in pyproject.toml (see docs/setup.md, "Tested versions").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --latest || { echo "check_latest: scripts/setup.sh --latest failed" >&2; exit 1; }

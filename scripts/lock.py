@@ -73,7 +73,8 @@ def main() -> None:
     pins = closure()
     if args.compare:
         locked = read_lock(args.compare)
-        changed = [(n, locked.get(canonicalize_name(n)), v) for n, v in pins.items() if locked.get(canonicalize_name(n)) != v]
+        changed = [(n, locked.get(canonicalize_name(n)), v) for n, v in pins.items()
+                   if locked.get(canonicalize_name(n)) != v]
         print(f"versions in {sys.prefix} (Python {platform.python_version()}) that differ from {args.compare.name}:")
         for name, old, new in changed:
             print(f"  {name:28s} {old or '(not in the lock)':>14s} -> {new}")
@@ -82,7 +83,7 @@ def main() -> None:
         return
     py = ".".join(platform.python_version_tuple()[:2])
     print("# Exact versions the test suite passed with; scripts/setup.sh installs them (pip -c) by default.")
-    print(f"# Made on {platform.system()} {platform.machine()}, Python {py}, with scripts/lock.py (see README,")
+    print(f"# Made on {platform.system()} {platform.machine()}, Python {py}, with scripts/lock.py (see docs/setup.md,")
     print("# 'Tested versions'). torch has no local tag: the CPU or the CUDA build of the same version.")
     print(f"# python {py}")
     for name, version in pins.items():

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import small_spec
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import PaliGemmaForConditionalGeneration
@@ -20,8 +21,6 @@ from diffpali.data.collate import PaliGemmaCollator, model_inputs
 from diffpali.model import wrap_lora
 from diffpali.surgery import IMPLEMENTATIONS, apply_attention, attention_modules, ensure_registered
 from diffpali.zoo.tiny import build_config
-
-from conftest import small_spec
 
 #: Every registered variant, by key, as the attn config that selects it: the tests cover each one.
 ALL = {key: dict(variant.selects) for key, variant in VARIANTS.items()}
@@ -499,12 +498,13 @@ def test_v2_pairs_share_their_group_key_and_value(tiny_model):
 # ------------------------------------------------------------------------------------------
 # 12. a new variant is one class (plus its YAML file and an oracle branch)
 # ------------------------------------------------------------------------------------------
-def test_a_throwaway_variant_plugs_in_through_the_registry(tiny_model, tiny_processor, monkeypatch):
+def test_a_throwaway_variant_plugs_in_through_the_registry(tiny_model, tiny_processor, tiny_batch, monkeypatch):
     """The original Differential Transformer's layout on pretrained heads: head pairs as the two branches."""
     from omegaconf import OmegaConf
 
     from diffpali.attention import AttentionVariant, differential
     from diffpali.config import TrainConfig, to_typed
+    from diffpali.evals.attention.recorder import record_attention
 
     class DiffPair(AttentionVariant):
         selects = {"variant": "diff_pair"}
@@ -516,11 +516,28 @@ def test_a_throwaway_variant_plugs_in_through_the_registry(tiny_model, tiny_proc
             first, second = out[:, :, 0::2], out[:, :, 1::2]     # heads 2i and 2i+1 as the two branches
             return differential(module, first.repeat_interleave(2, 2), second.repeat_interleave(2, 2))
 
+        @staticmethod
+        def combine_maps(module, maps):
+            attn = maps[0]                                       # (B, H, Tq, Tk), the one map attend made
+            pairs = [attn[:, 0::2].repeat_interleave(2, 1), attn[:, 1::2].repeat_interleave(2, 1)]
+            return AttentionVariant.combine_maps(module, pairs)
+
     monkeypatch.setitem(VARIANTS, "diff_pair", DiffPair)
     cfg = to_typed(OmegaConf.create({"attn": {"variant": "diff_pair"}}), TrainConfig)  # a valid choice now
     assert apply_attention(tiny_model, cfg.attn) == ["diff_lambda", "diff_norm"]
     assert tiny_model.config.text_config._attn_implementation == "diffpali_diff_pair"
     assert_cache_changes_nothing(tiny_model, tiny_processor)
+    # the attention recorder runs the same kernel with an eager attend: same logits, and the pairs' maps
+    inputs = model_inputs(tiny_batch, with_labels=False)
+    with torch.no_grad():
+        fast = tiny_model(**inputs).logits
+        with record_attention(tiny_model) as recorder:
+            recorded = tiny_model(**inputs).logits
+    torch.testing.assert_close(recorded, fast, rtol=1e-4, atol=1e-5)
+    layers = recorder.take()
+    assert len(layers) == 2 and all(maps.branches is not None for maps in layers.values())
+    first, second = layers[0].branches
+    torch.testing.assert_close(layers[0].effective, first - layers[0].lam * second)
     monkeypatch.delitem(VARIANTS, "diff_pair")
     with pytest.raises(Exception, match="attn.variant='diff_pair': must be one of"):
         to_typed(OmegaConf.create({"attn": {"variant": "diff_pair"}}), TrainConfig)

@@ -9,33 +9,35 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CORPUS, small_spec
 from PIL import Image
 
-from diffpali.analysis.lambda_history import HISTORY_FILE, LambdaHistory, read_history
-from diffpali.analysis.layout import SampleLayout, cell_patches, sample_layout, straddling_patches
-from diffpali.analysis.plots import (
+from diffpali.attention import VARIANTS as REGISTRY
+from diffpali.config import AttnConfig, EvaluateConfig
+from diffpali.data.collate import PaliGemmaCollator, model_inputs
+from diffpali.data.grids import stitch
+from diffpali.evals.attention.layout import SampleLayout, cell_patches, sample_layout, straddling_patches
+from diffpali.evals.attention.plots import (
     OverlayItem,
-    compare_overlays,
     lambda_trajectories,
     layer_curves,
     overlay_figure,
     read_overlays,
 )
-from diffpali.analysis.recorder import RECORD_IMPLEMENTATION, record_attention, text_layers
-from diffpali.analysis.shares import ShareAccumulator, row_shares
-from diffpali.config import AttnConfig, EvaluateConfig
-from diffpali.data.collate import PaliGemmaCollator, model_inputs
-from diffpali.data.grids import stitch
-from diffpali.attention import VARIANTS as REGISTRY
+from diffpali.evals.attention.recorder import RECORD_IMPLEMENTATION, record_attention, text_layers
+from diffpali.evals.attention.shares import ShareAccumulator, row_shares
+from diffpali.lambda_history import LambdaHistory, read_history
+from diffpali.paths import LAMBDA_HISTORY_FILE
+from diffpali.report.figures import compare_overlays
 from diffpali.surgery import IMPLEMENTATIONS, apply_attention, lambda_values
-from conftest import CORPUS, small_spec
 
 #: Every registered variant (DIFF V2 with lambda away from its exact-init 0, so its maps differ from vanilla's).
 VARIANTS = [AttnConfig(**v.selects) for v in REGISTRY.values()]
 
 
 def _label(cfg: AttnConfig) -> str:
-    return "_".join(str(getattr(cfg, k)) for k in ("variant", "dup_mode") if k == "variant" or cfg.variant == "diff_dup")
+    return "_".join(str(getattr(cfg, k)) for k in ("variant", "dup_mode")
+                    if k == "variant" or cfg.variant == "diff_dup")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +117,8 @@ def test_layout_groups_partition_the_keys_and_rows_precede_the_answer(processor6
         groups = [layout.needle.tolist(), layout.distractor.tolist(), layout.text.tolist()]
         assert sorted(sum(groups, [])) == valid
         image_positions = (ids == image_id).nonzero().flatten()
-        assert layout.needle.tolist() == image_positions[cell_patches(64, 16, 2)[(target[1] - 1) * 2 + target[2] - 1]].tolist()
+        needle_cell = cell_patches(64, 16, 2)[(target[1] - 1) * 2 + target[2] - 1]
+        assert layout.needle.tolist() == image_positions[needle_cell].tolist()
         answer = [p for p in valid if batch["labels"][b, p] != -100 and ids[p] != processor64.tokenizer.eos_token_id]
         assert layout.rows.tolist() == [p - 1 for p in answer]
         assert batch["token_type_ids"][b, layout.rows[0]] == 0  # the first row is the last prompt token
@@ -148,8 +151,7 @@ def test_uniform_attention_through_the_real_model_gives_the_counted_shares(proce
         prefix = batch["token_type_ids"][b] == 0
         valid = batch["attention_mask"][b].bool()
 
-
-        def counted(rows: torch.Tensor) -> torch.Tensor:
+        def counted(rows: torch.Tensor, valid=valid, prefix=prefix, layout=layout) -> torch.Tensor:
             expected = []
             for r in rows.tolist():
                 visible = valid & (prefix | (torch.arange(len(valid)) <= r))
@@ -347,7 +349,7 @@ def test_lambda_history_is_recorded_during_real_training_and_drawn(processor64, 
     assert sorted(history) == ["text/layer0", "text/layer1", "vision/layer0", "vision/layer1"]
     assert [s for s, _ in history["text/layer0"]] == [0, 2, 4]
     assert history["text/layer1"][0][1] != history["text/layer1"][-1][1]  # lambda trained
-    with (tmp_path / HISTORY_FILE).open("a") as handle:  # a resumed run appends a step again: the last wins
+    with (tmp_path / LAMBDA_HISTORY_FILE).open("a") as handle:  # a resumed run appends a step again: the last wins
         handle.write(json.dumps({"step": 4, "text/layer0": 9.0}) + "\n")
     assert read_history(tmp_path)["text/layer0"][-1] == (4, 9.0)
     _not_blank(lambda_trajectories({"diff_split": read_history(tmp_path)}, tmp_path / "lambda.png"))
@@ -359,7 +361,8 @@ def test_curves_and_overlays_are_drawn(tmp_path):
         metrics = {"attention/chance_needle_of_image": 0.25}
         for layer in range(3):
             needle = 0.1 + 0.05 * layer * (n + 1)
-            metrics.update({f"attention/text/layer{layer}/needle": needle, f"attention/text/layer{layer}/needle_sem": 0.01,
+            metrics.update({f"attention/text/layer{layer}/needle": needle,
+                            f"attention/text/layer{layer}/needle_sem": 0.01,
                             f"attention/text/layer{layer}/distractor": 0.3 - needle / 2,
                             f"attention/text/layer{layer}/needle_of_image": needle / (needle + 0.3 - needle / 2)})
         runs[name] = metrics
@@ -374,7 +377,7 @@ def test_curves_and_overlays_are_drawn(tmp_path):
 
 
 def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, tmp_path):
-    from diffpali.analysis.evaluate import run_attention
+    from diffpali.evals.attention.task import run_attention
 
     cfg = EvaluateConfig()
     cfg.eval.task, cfg.eval.samples, cfg.eval.limit, cfg.eval.overlays = "attention", 8, 4, 2
@@ -409,13 +412,14 @@ def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, 
         for layer, weights in enumerate(item.maps):
             needle = sum(r["layers"][str(layer)][0] for r in asked) / 2
             image = sum(r["layers"][str(layer)][0] + r["layers"][str(layer)][1] for r in asked) / 2
-            assert float(weights[cell_patches(64, 16, 2)[(row - 1) * 2 + col - 1]].sum()) == pytest.approx(needle, abs=1e-5)
+            needle_cell = cell_patches(64, 16, 2)[(row - 1) * 2 + col - 1]
+            assert float(weights[needle_cell].sum()) == pytest.approx(needle, abs=1e-5)
             assert float(weights.sum()) == pytest.approx(image, abs=1e-5)
         assert len(item.prompt_maps) == 2 and float(item.prompt_maps[1].sum()) > 0
     (tmp_path / "job.json").write_text(json.dumps({"status": "completed", "config": {"ckpt": "base"}}))
     _not_blank(compare_overlays([tmp_path, tmp_path], 1, tmp_path / "compare.png", rows="prompt"))
     # the same samples as MMNeedle: the haystacks come from the one cache, in its order
-    from diffpali.needle.evaluate import haystack_set
+    from diffpali.evals.mmneedle.task import haystack_set
 
     assert [r["sample_id"] for r in records[::2]] == [h.sample_id for h in haystack_set(cfg, processor64).haystacks[:4]]
 
@@ -429,17 +433,20 @@ def test_attention_yaml_composes_to_mmneedle_haystacks():
 
     register_configs()
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
-        attention = to_typed(compose(config_name="evaluate", overrides=["eval=attention", "output_dir=."]), EvaluateConfig)
-        needle = to_typed(compose(config_name="evaluate", overrides=["eval=mmneedle", "output_dir=."]), EvaluateConfig)
+        def typed(*overrides: str) -> EvaluateConfig:
+            return to_typed(compose(config_name="evaluate", overrides=[*overrides, "output_dir=."]), EvaluateConfig)
+
+        attention, needle = typed("eval=attention"), typed("eval=mmneedle")
         with pytest.raises(ConfigError, match="eval.overlays"):
-            to_typed(compose(config_name="evaluate", overrides=["eval=attention", "eval.overlays=-1", "output_dir=."]), EvaluateConfig)
+            typed("eval=attention", "eval.overlays=-1")
     assert attention.eval.task == "attention"
     for key in ("mode", "samples", "haystack_seed", "grid", "images", "source", "cell_size", "split"):
         assert getattr(attention.eval, key) == getattr(needle.eval, key), key
 
 
 def test_report_tables_and_draws_every_attention_run(tmp_path):
-    from diffpali.report import load_jobs, write_report
+    from diffpali.report.runs import load_jobs
+    from diffpali.report.write import write_report
 
     trained = tmp_path / "train_diff"
     trained.mkdir()
@@ -448,14 +455,16 @@ def test_report_tables_and_draws_every_attention_run(tmp_path):
     for name, ckpt, needle in [("eval_base", "base", 0.1), ("eval_diff", str(trained), 0.3)]:
         run = tmp_path / name
         run.mkdir()
-        (run / "job.json").write_text(json.dumps({"status": "completed", "overrides": [f"ckpt={ckpt}", "eval=attention"],
-                                                  "config": {"ckpt": ckpt}}))
+        (run / "job.json").write_text(json.dumps({"status": "completed", "config": {"ckpt": ckpt},
+                                                  "overrides": [f"ckpt={ckpt}", "eval=attention"]}))
         metrics = {"ckpt": ckpt, "attention/questions": 8, "attention/chance_needle_of_image": 0.25}
         for layer in (0, 1):
             metrics.update({f"attention/text/layer{layer}/needle": needle + layer / 10,
                             f"attention/text/layer{layer}/needle_sem": 0.02,
-                            f"attention/text/layer{layer}/distractor": 0.2, f"attention/text/layer{layer}/text": 0.7 - needle - layer / 10,
-                            f"attention/text/layer{layer}/needle_of_image": 0.5, f"attention/text/layer{layer}/head0/needle": 0.9})
+                            f"attention/text/layer{layer}/distractor": 0.2,
+                            f"attention/text/layer{layer}/text": 0.7 - needle - layer / 10,
+                            f"attention/text/layer{layer}/needle_of_image": 0.5,
+                            f"attention/text/layer{layer}/head0/needle": 0.9})
         (run / "metrics.json").write_text(json.dumps(metrics))
     written = write_report(load_jobs(tmp_path), tmp_path / "report", str(tmp_path))
     table = written["attention.md"].read_text()
@@ -466,3 +475,6 @@ def test_report_tables_and_draws_every_attention_run(tmp_path):
     assert "40.00 ± 2.00" in table  # layer 1 of the diff run, in percent
     assert len(written["attention.csv"].read_text().splitlines()) == 1 + 4
     _not_blank(written["attention_layers.png"])
+    # measured runs have results, so Table 1 does not list them among the jobs without a score
+    table1 = written["table1.md"].read_text()
+    assert "`eval_base`" not in table1 and "`eval_diff`" not in table1 and "**incomplete** `train_diff`" in table1

@@ -75,9 +75,11 @@ def test_known_noise_is_filtered_and_any_other_warning_kept():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         filter_known_noise()
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("`foo` is deprecated and will be removed in v6.", FutureWarning)
-        warnings.warn("The number of training batches (6) is smaller than the logging interval", UserWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
+                      stacklevel=1)
+        warnings.warn("`foo` is deprecated and will be removed in v6.", FutureWarning, stacklevel=1)
+        warnings.warn("The number of training batches (6) is smaller than the logging interval", UserWarning,
+                      stacklevel=1)
     assert [str(w.message)[:5] for w in caught] == ["`foo`", "The n"]
 
 

@@ -27,7 +27,8 @@ def test_validation_is_carved_from_train_by_image_and_never_touches_test():
     val_ds = easy_vqa.load_easy_vqa("validation")
     assert set(val_ds["image_id"]) <= val
     # validation images are train images: their files are the train split's
-    assert all("train" in p for p in val_ds.select(range(5)).cast_column("image", val_ds.features["image"].__class__(decode=False))["image"] for p in [p["path"]])
+    undecoded = val_ds.select(range(5)).cast_column("image", val_ds.features["image"].__class__(decode=False))
+    assert all("train" in image["path"] for image in undecoded["image"])
 
 
 def test_question_categories_cover_every_answer():
@@ -56,7 +57,8 @@ def test_generation_collate_has_no_labels_and_ends_at_the_prompt(tiny_processor)
     examples = [{"image": Image.new("RGB", (8, 8)), "prefix": "caption en"}]
     batch = PaliGemmaCollator(tiny_processor, train=False)(examples)
     assert "labels" not in batch and (batch["token_type_ids"] == 0).all()
-    newline = tiny_processor.tokenizer.convert_tokens_to_ids("\n") if "\n" in tiny_processor.tokenizer.get_vocab() else None
+    tokenizer = tiny_processor.tokenizer
+    newline = tokenizer.convert_tokens_to_ids("\n") if "\n" in tokenizer.get_vocab() else None
     decoded = tiny_processor.tokenizer.decode(batch["input_ids"][0, -3:])
     assert decoded.endswith("\n") or batch["input_ids"][0, -1].item() == newline
 
@@ -69,12 +71,14 @@ def test_training_target_is_the_most_frequent_answer_first_on_ties():
 def test_bad_records_are_named_or_skipped_and_counted(tmp_path):
     image = tmp_path / "ok.png"
     Image.new("RGB", (4, 4)).save(image)
-    rows = [("what?", ["a"], str(image)), ("", ["a"], str(image)), ("why?", [], str(image)), ("how?", ["b"], str(tmp_path / "gone.png"))]
+    rows = [("what?", ["a"], str(image)), ("", ["a"], str(image)), ("why?", [], str(image)),
+            ("how?", ["b"], str(tmp_path / "gone.png"))]
     with pytest.raises(BadRecordError, match=r"^easy_vqa\[train\] record 1: empty question"):
         check_records(rows, "easy_vqa", "train", "error")
     keep, skipped = check_records(rows, "easy_vqa", "train", "skip")
     assert keep == [0]
-    assert [s.split(": ", 1)[1] for s in skipped] == ["empty question", "no answers", f"image file not found: {tmp_path / 'gone.png'}"]
+    assert [s.split(": ", 1)[1] for s in skipped] == ["empty question", "no answers",
+                                                      f"image file not found: {tmp_path / 'gone.png'}"]
 
 
 def test_an_unreadable_image_names_its_record(tmp_path):
@@ -89,13 +93,15 @@ def _vqav2_train(path, image_ids):
     """A local VQAv2-schema train split: two questions per image id, in the given row order."""
     import io
 
-    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+    from datasets import Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
 
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
     ids = [i for i in image_ids for _ in range(2)]
     features = Features({"question_id": Value("int64"), "image_id": Value("int64"), "image": ImageFeature(),
-                         "question": Value("string"), "answers": Sequence(Value("string")), "answer_type": Value("string")})
+                         "question": Value("string"), "answers": Sequence(Value("string")),
+                         "answer_type": Value("string")})
     rows = {"question_id": [10 * i + k % 2 for k, i in enumerate(ids)], "image_id": ids,
             "image": [{"bytes": buffer.getvalue(), "path": None}] * len(ids), "question": ["what color?"] * len(ids),
             "answers": [["red"] * 10] * len(ids), "answer_type": ["other"] * len(ids)}

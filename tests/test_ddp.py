@@ -75,7 +75,8 @@ FSDP2 = Path(__file__).parent / "scripts" / "fsdp2_cpu.py"
 
 @pytest.mark.slow
 def test_fsdp2_shards_the_model_over_two_cpu_processes_and_trains_as_ddp_does(tmp_path):
-    """torch's FSDP2 (Lightning's ModelParallelStrategy) on gloo: same losses and weights as DDP, every tensor sharded."""
+    """torch's FSDP2 (Lightning's ModelParallelStrategy) on gloo: same losses and weights as DDP, every tensor
+    sharded."""
     results = {}
     for strategy in ("fsdp2", "ddp"):
         (tmp_path / strategy).mkdir()

@@ -13,31 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import SMOKE_DATA, smoke_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def smoke_model(cache: Path) -> list[str]:
-    """A one-layer tiny spec: its key differs from the shipped base, so it is built on first use."""
-    return [
-        f"model.cache_dir={cache}",
-        "model.tiny.stage0.steps=2",
-        "model.tiny.stage0.batch_size=8",
-        "model.tiny.stage1.steps=3",
-        "model.tiny.stage1.batch_size=8",
-        "model.tiny.vision.image_size=32",
-        "model.tiny.stage1.match_layer=1",
-        "model.tiny.vision.hidden_size=32",
-        "model.tiny.vision.intermediate_size=64",
-        "model.tiny.vision.num_hidden_layers=1",
-        "model.tiny.text.hidden_size=32",
-        "model.tiny.text.intermediate_size=64",
-        "model.tiny.text.num_hidden_layers=1",
-    ]
-
-
-SMOKE_DATA = ["data.train_limit=48", "data.val_limit=16", "data.test_limit=40", "data.batch_size=8", "data.eval_batch_size=16"]
 
 
 def run(script: str, *overrides: str, env_mode: str = "offline") -> subprocess.CompletedProcess:
@@ -83,7 +62,8 @@ def test_train_writes_metrics_adapter_and_offline_wandb_run(trained_run):
 def test_evaluate_scores_the_trained_adapter_exactly_as_training_did(trained_run):
     tmp, run_dir, _ = trained_run
     eval_dir = tmp / "eval"
-    run("evaluate.py", f"ckpt={run_dir}", *smoke_model(tmp / "cache"), *SMOKE_DATA, "logger=none", f"hydra.run.dir={eval_dir}")
+    run("evaluate.py", f"ckpt={run_dir}", *smoke_model(tmp / "cache"), *SMOKE_DATA, "logger=none",
+        f"hydra.run.dir={eval_dir}")
     trained = json.loads((run_dir / "metrics.json").read_text())
     scored = json.loads((eval_dir / "metrics.json").read_text())
     assert scored["convention"] == "official" and scored["test/count"] == 40
@@ -94,12 +74,13 @@ def test_evaluate_scores_the_trained_adapter_exactly_as_training_did(trained_run
 def test_evaluate_mmneedle_writes_metrics_heatmap_and_every_reply(trained_run):
     tmp, run_dir, _ = trained_run
     out = tmp / "mmneedle"
-    proc = run("evaluate.py", f"ckpt={run_dir}", "eval=mmneedle", "eval.samples=8", f"eval.cache_dir={tmp / 'haystacks'}",
-               *smoke_model(tmp / "cache"), f"hydra.run.dir={out}")
+    proc = run("evaluate.py", f"ckpt={run_dir}", "eval=mmneedle", "eval.samples=8",
+               f"eval.cache_dir={tmp / 'haystacks'}", *smoke_model(tmp / "cache"), f"hydra.run.dir={out}")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "mmneedle" and metrics["mmneedle/mode"] == "paper"
     assert metrics["mmneedle/samples"] == metrics["mmneedle/positives"] == 8
-    assert {k for k in metrics if k.startswith("mmneedle/cell_")} == {f"mmneedle/cell_r{r}_c{c}" for r in (1, 2) for c in (1, 2)}
+    cells = {f"mmneedle/cell_r{r}_c{c}" for r in (1, 2) for c in (1, 2)}
+    assert {k for k in metrics if k.startswith("mmneedle/cell_")} == cells
     assert 0.0 <= metrics["mmneedle/exact"] <= min(metrics["mmneedle/row"], metrics["mmneedle/column"])
     assert metrics["haystacks"]["seed"] == 0 and metrics["haystacks"]["source"] == "easy_vqa/test"
     assert len((out / "mmneedle_replies.jsonl").read_text().splitlines()) == 8
@@ -107,7 +88,8 @@ def test_evaluate_mmneedle_writes_metrics_heatmap_and_every_reply(trained_run):
     assert "chance 25%" in proc.stdout and "exact" in proc.stdout
     (table,) = (out / "wandb").glob("offline-run-*/files/media/table/mmneedle/samples_*.table.json")
     logged = json.loads(table.read_text())
-    assert logged["columns"] == ["sample_id", "haystack", "caption", "answer", "reply", "exact"] and len(logged["data"]) == 8
+    assert logged["columns"] == ["sample_id", "haystack", "caption", "answer", "reply", "exact"]
+    assert len(logged["data"]) == 8
     assert list((out / "wandb").glob("offline-run-*/files/media/images/mmneedle/heatmap_*.png"))
     # the table's stitched images also reach the offline run, as a captioned gallery
     assert len(list((out / "wandb").glob("offline-run-*/files/media/images/mmneedle/samples_images_*.png"))) == 8

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import small_spec
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 from transformers import PaliGemmaForConditionalGeneration
 
-from conftest import small_spec
 from diffpali.config import FfnConfig, LoraConfig
 from diffpali.data.collate import model_inputs
 from diffpali.ffn import SiglipSwiGLU, apply_ffn

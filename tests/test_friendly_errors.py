@@ -16,10 +16,12 @@ import torch
 
 from diffpali.config import AttnConfig, FfnConfig, LoraConfig, ModelConfig
 from diffpali.files import UnreadableFileError
-from diffpali.model import SHIPPED_TINY_DIR, load_base, save_adapter, wrap_lora
+from diffpali.model import load_base, save_adapter, wrap_lora
+from diffpali.paths import SHIPPED_TINY_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+ENV = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"WANDB_MODE": "disabled",
+                                                                          "OMP_NUM_THREADS": "1"}
 
 
 def run(script: str, *overrides: str, env: dict[str, str] = ENV) -> subprocess.CompletedProcess:
@@ -61,7 +63,8 @@ def test_a_truncated_adapter_is_named_with_what_to_do(adapter_dir, tmp_path):
     shutil.copytree(adapter_dir, damaged)
     truncate(damaged / "adapter_model.safetensors")
     proc = run("evaluate.py", f"ckpt={damaged}", "eval.limit=4", f"hydra.run.dir={tmp_path / 'eval'}")
-    assert_one_line(proc, damaged / "adapter_model.safetensors", "Copy the adapter folder again from where it was trained")
+    assert_one_line(proc, damaged / "adapter_model.safetensors",
+                    "Copy the adapter folder again from where it was trained")
     assert json.loads((tmp_path / "eval" / "failed.json").read_text())["error_type"] == "UnreadableFileError"
 
 
@@ -91,7 +94,7 @@ def test_a_corrupt_local_base_model_is_named_with_what_to_do(tmp_path):
 
 
 def test_a_corrupt_cached_or_shipped_tiny_base_says_how_to_restore_it(tmp_path):
-    from conftest import small_spec
+    from helpers import small_spec
 
     from diffpali.zoo.tiny import spec_key
 

@@ -68,7 +68,8 @@ def test_bad_convention_and_empty_answers_are_refused():
 
 def test_metric_breaks_down_by_answer_type_and_reports_empty_types_as_nan():
     metric = VQAAccuracy(answer_types=("yes/no", "number", "other"))
-    metric.update(["yes", "2", "cat"], [["yes"] * 10, ["3"] * 10, ["cat"] * 3 + ["dog"] * 7], ["yes/no", "number", "yes/no"])
+    metric.update(["yes", "2", "cat"], [["yes"] * 10, ["3"] * 10, ["cat"] * 3 + ["dog"] * 7],
+                  ["yes/no", "number", "yes/no"])
     values = metric.compute()
     assert values["overall"].item() == pytest.approx((1.0 + 0.0 + 0.9) / 3)
     assert values["yes/no"].item() == pytest.approx(0.95) and values["number"].item() == 0.0

@@ -10,11 +10,11 @@ import torch
 from PIL import Image, ImageChops
 
 from diffpali.data.collate import PaliGemmaCollator
-from diffpali.needle.answers import NeedleReply, parse_needle_reply, parse_side
-from diffpali.needle.haystack import Haystack, HaystackSpec, build_haystacks, load_or_build, render
-from diffpali.needle.plots import cell_heatmap
-from diffpali.needle.scoring import score_official, score_paper
-from diffpali.needle.sources import NeedleItem, coco_items, easy_vqa_items
+from diffpali.evals.mmneedle.answers import NeedleReply, parse_needle_reply, parse_side
+from diffpali.evals.mmneedle.haystack import Haystack, HaystackSpec, build_haystacks, load_or_build, render
+from diffpali.evals.mmneedle.plots import cell_heatmap
+from diffpali.evals.mmneedle.scoring import score_official, score_paper
+from diffpali.evals.mmneedle.sources import NeedleItem, coco_items, easy_vqa_items
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,8 @@ def test_coco_source_takes_the_first_caption_and_names_a_missing_image(tmp_path)
     (tmp_path / "a.jpg").write_bytes(b"")
     Image.new("RGB", (8, 8)).save(tmp_path / "a.jpg", format="JPEG")
     captions = {"images": [{"id": 1, "file_name": "a.jpg"}],
-                "annotations": [{"id": 9, "image_id": 1, "caption": "A  dog."}, {"id": 3, "image_id": 1, "caption": "A cat. "}]}
+                "annotations": [{"id": 9, "image_id": 1, "caption": "A  dog."},
+                                {"id": 3, "image_id": 1, "caption": "A cat. "}]}
     path = tmp_path / "captions.json"
     path.write_text(json.dumps(captions))
     assert coco_items(path, tmp_path) == [NeedleItem("coco/val2014/1", "A cat.", str(tmp_path / "a.jpg"))]
@@ -161,7 +162,8 @@ def test_paper_mode_counts_a_cell_only_when_row_and_column_are_right():
     assert s.exact == 0.25 and s.row == 0.5 and s.column == 0.75 and s.invalid == 1
     assert s.cells == {(1, 1): 1.0, (1, 2): 0.0, (2, 1): 0.0, (2, 2): 0.0}
     metrics = s.as_metrics()
-    assert metrics["mmneedle/exact"] == 0.25 and metrics["mmneedle/cell_r1_c1"] == 1.0 and "mmneedle/index" not in metrics
+    assert metrics["mmneedle/exact"] == 0.25 and metrics["mmneedle/cell_r1_c1"] == 1.0
+    assert "mmneedle/index" not in metrics
 
 
 def test_heatmap_png_is_written_and_not_blank(tmp_path):

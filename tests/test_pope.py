@@ -15,9 +15,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from diffpali.config import ConfigError, EvaluateConfig, register_configs, to_typed
-from diffpali.pope.probes import SETTINGS, ObjectStats, build_probes, draw_absent, load_or_build
-from diffpali.pope.scoring import METRICS, PopeScores, parse_yes_no, score_pope
-from diffpali.pope.sources import LabelledImage, ObjectSource, coco_source, easy_vqa_source
+from diffpali.evals.pope.probes import SETTINGS, ObjectStats, build_probes, draw_absent, load_or_build
+from diffpali.evals.pope.scoring import METRICS, PopeScores, parse_yes_no, score_pope
+from diffpali.evals.pope.sources import LabelledImage, ObjectSource, coco_source, easy_vqa_source
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS, SHAPES = ("red", "green", "blue", "black"), ("circle", "square", "triangle")
@@ -80,7 +80,7 @@ def img(ref: str, *objects: str) -> LabelledImage:
 
 
 def hand_source(probed: list[LabelledImage], counted: list[LabelledImage], per_kind: int = 1) -> ObjectSource:
-    kinds = {**{c: "color" for c in COLORS}, **{s: "shape" for s in SHAPES}}
+    kinds = {**dict.fromkeys(COLORS, "color"), **dict.fromkeys(SHAPES, "shape")}
     questions = {"color": "is there a {object} shape in the image?", "shape": "is there a {object} in the image?"}
     return ObjectSource("hand", probed, counted, kinds, questions, per_kind)
 
@@ -101,7 +101,8 @@ def test_object_statistics_count_images():
     assert [stats.frequency[s] for s in SHAPES] == [6, 5, 3]
     assert stats.cooccurrence[("circle", "black")] == stats.cooccurrence[("black", "circle")] == 3
     assert stats.cooccurrence[("circle", "blue")] == 2 and stats.cooccurrence[("red", "circle")] == 0
-    assert stats.cooccurrence[("red", "triangle")] == 2 and stats.cooccurrence[("red", "blue")] == 0  # one colour per image
+    # one colour per image
+    assert stats.cooccurrence[("red", "triangle")] == 2 and stats.cooccurrence[("red", "blue")] == 0
 
 
 def test_popular_and_adversarial_follow_the_frequencies():
@@ -180,7 +181,7 @@ def test_probes_are_fixed_by_the_seed_and_nested_by_size():
 def test_several_objects_per_image_single_kind():
     objects = ["cat", "dog", "car", "bus", "cup", "tv"]
     probed = [LabelledImage(f"c{i}", f"/x/{i}.jpg", frozenset(objects[i % 3: i % 3 + 3])) for i in range(6)]
-    source = ObjectSource("coco-like", probed, probed, {o: "object" for o in objects},
+    source = ObjectSource("coco-like", probed, probed, dict.fromkeys(objects, "object"),
                           {"object": "Is there a {object} in the image?"}, per_kind=2)
     probes = build_probes(source, 6, seed=0)
     for setting in SETTINGS:
@@ -229,10 +230,12 @@ def test_a_missing_image_fails_before_any_model_runs(tmp_path):
 
 def write_instances(tmp_path: Path, drop: str | None = None) -> tuple[Path, Path]:
     images_dir = tmp_path / "val2014"
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(["person", "dog", "car", "cup", "chair", "bus", "tv", "book"])]
+    names = ["person", "dog", "car", "cup", "chair", "bus", "tv", "book"]
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     contents = {10: [1, 2, 3], 11: [1, 4, 5, 5], 12: [2]}  # image 12 has too few objects to be probed
     images = [{"id": i, "file_name": f"COCO_val2014_{i:012d}.jpg"} for i in contents]
-    annotations = [{"id": 100 * i + k, "image_id": i, "category_id": c} for i, cs in contents.items() for k, c in enumerate(cs)]
+    annotations = [{"id": 100 * i + k, "image_id": i, "category_id": c}
+                   for i, cs in contents.items() for k, c in enumerate(cs)]
     for im in images:
         png(images_dir / im["file_name"])
     if drop:
@@ -254,8 +257,9 @@ def test_coco_instances_give_labelled_images(tmp_path):
         assert truths == {"yes": 6, "no": 6}
     # adversarial for image 10 (person, dog, car): cup and chair co-occur with person (once each), then
     # the never-seen bus, tv and book tie and the first in category order is taken
-    assert {p.object for p in probes["adversarial"] if p.image.endswith("/10") and p.truth == "no"} == {"cup", "chair", "bus"}
-    assert {p.object for p in probes["popular"] if p.image.endswith("/10") and p.truth == "no"} == {"cup", "chair", "bus"}
+    for setting in ("adversarial", "popular"):
+        absent = {p.object for p in probes[setting] if p.image.endswith("/10") and p.truth == "no"}
+        assert absent == {"cup", "chair", "bus"}, setting
 
 
 def test_coco_errors_name_what_is_wrong(tmp_path):
@@ -298,7 +302,8 @@ def test_easy_vqa_probes_use_train_frequencies_and_test_images():
 def compose_eval(*overrides: str) -> EvaluateConfig:
     register_configs()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return to_typed(compose(config_name="evaluate", overrides=["output_dir=.", "eval=pope", *overrides]), EvaluateConfig)
+        composed = compose(config_name="evaluate", overrides=["output_dir=.", "eval=pope", *overrides])
+        return to_typed(composed, EvaluateConfig)
 
 
 def test_eval_pope_config_and_its_rules():
@@ -313,7 +318,7 @@ def test_eval_pope_config_and_its_rules():
 
 
 def test_run_pope_scores_what_the_model_replied(tmp_path, tiny_model, tiny_processor):
-    from diffpali.pope.evaluate import REPLIES_FILE, run_pope
+    from diffpali.evals.pope.task import REPLIES_FILE, run_pope
 
     cfg = compose_eval("eval.setting=popular", "eval.probe_images=3", f"eval.cache_dir={tmp_path / 'cache'}",
                        "data.eval_batch_size=4", "data.max_new_tokens=2")
@@ -332,12 +337,13 @@ def test_run_pope_scores_what_the_model_replied(tmp_path, tiny_model, tiny_proce
 
 @pytest.mark.slow
 def test_evaluate_py_eval_pope_writes_all_five_metrics_per_setting(tmp_path):
-    from test_end_to_end import smoke_model
+    from helpers import smoke_model
 
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
     proc = subprocess.run(
         [sys.executable, "evaluate.py", "ckpt=base", "eval=pope", "eval.probe_images=4", "logger=none",
-         f"eval.cache_dir={tmp_path / 'cache'}", *smoke_model(tmp_path / "models"), f"hydra.run.dir={tmp_path / 'run'}"],
+         f"eval.cache_dir={tmp_path / 'cache'}", *smoke_model(tmp_path / "models"),
+         f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -365,7 +371,8 @@ def write_run(directory: Path, config: dict, overrides: list[str], metrics: dict
 def pope_metrics(accuracy: float, yes_ratio: float, settings=SETTINGS) -> dict:
     out = {"task": "pope", "seed": 0}
     for k, setting in enumerate(settings):
-        values = {"accuracy": accuracy - 0.1 * k, "precision": 0.8, "recall": 0.9, "f1": 0.85, "yes_ratio": yes_ratio, "other": k}
+        values = {"accuracy": accuracy - 0.1 * k, "precision": 0.8, "recall": 0.9, "f1": 0.85, "yes_ratio": yes_ratio,
+                  "other": k}
         out.update({f"pope/{setting}/{name}": v for name, v in values.items()})
     return out
 
@@ -374,18 +381,21 @@ def test_report_pope_table_over_seeds_beside_the_base(tmp_path, capsys):
     import csv
     import statistics
 
-    from diffpali.report import main
+    from diffpali.report.__main__ import main
 
     train, evals = tmp_path / "train", tmp_path / "evals"
     runs = {}
     for name, row, seed, attn in (("v1", 1, 1, "vanilla"), ("v2", 1, 2, "vanilla"), ("d1", 2, 1, "diff_dup")):
-        runs[name] = write_run(train / name, {"table_row": row, "seed": seed, "attn": {"variant": attn, "dup_mode": "separate"}},
-                               [f"+experiment/table1=row{row}", f"seed={seed}"], {"test/vqa_accuracy_official": 0.9})
+        config = {"table_row": row, "seed": seed, "attn": {"variant": attn, "dup_mode": "separate"}}
+        runs[name] = write_run(train / name, config, [f"+experiment/table1=row{row}", f"seed={seed}"],
+                               {"test/vqa_accuracy_official": 0.9})
     write_run(evals / "base", {"ckpt": "base", "seed": 0}, ["ckpt=base", "eval=pope"], pope_metrics(0.70, 0.62))
-    write_run(evals / "v1", {"ckpt": str(runs["v1"]), "seed": 0}, [f"ckpt={runs['v1']}", "eval=pope"], pope_metrics(0.80, 0.50))
+    write_run(evals / "v1", {"ckpt": str(runs["v1"]), "seed": 0}, [f"ckpt={runs['v1']}", "eval=pope"],
+              pope_metrics(0.80, 0.50))
     write_run(evals / "v2", {"ckpt": str(runs["v2"]), "seed": 0}, [f"ckpt={runs['v2']}", "eval=pope", "logger=none"],
               pope_metrics(0.90, 0.54))
-    write_run(evals / "d1", {"ckpt": str(runs["d1"]), "seed": 0}, [f"ckpt={runs['d1']}", "eval=pope", "eval.setting=popular"],
+    write_run(evals / "d1", {"ckpt": str(runs["d1"]), "seed": 0},
+              [f"ckpt={runs['d1']}", "eval=pope", "eval.setting=popular"],
               pope_metrics(0.85, 0.40, settings=("popular",)))
     write_run(evals / "d1_small", {"ckpt": str(runs["d1"]), "seed": 0},
               [f"ckpt={runs['d1']}", "eval=pope", "eval.probe_images=10"], pope_metrics(0.60, 0.70))
@@ -400,7 +410,8 @@ def test_report_pope_table_over_seeds_beside_the_base(tmp_path, capsys):
         rows = list(csv.DictReader(handle))
     base = [r for r in rows if r["model"] == "base (no adapter)"]
     assert [r["pope_setting"] for r in base] == list(SETTINGS)
-    assert float(base[0]["accuracy_mean_pct"]) == pytest.approx(70.0) and float(base[2]["accuracy_mean_pct"]) == pytest.approx(50.0)
+    assert float(base[0]["accuracy_mean_pct"]) == pytest.approx(70.0)
+    assert float(base[2]["accuracy_mean_pct"]) == pytest.approx(50.0)
     # both vanilla seeds of row 1 form one line per setting (logger=none does not split them)
     vanilla = [r for r in rows if r["row"] == "1"]
     assert [(r["pope_setting"], r["n"], r["model"]) for r in vanilla] == [(s, "2", "no") for s in SETTINGS]

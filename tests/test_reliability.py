@@ -1,4 +1,4 @@
-"""Reliability (DESIGN.md section 8): exact resume, atomic checkpoints, bad data, bad config,
+"""Reliability (docs/design.md, "Reliability guarantees"): exact resume, atomic checkpoints, bad data, bad config,
 non-finite loss, safe loading. Real tiny PaliGemma, real peft, real Lightning Trainer, real easy-vqa.
 """
 
@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from PIL import Image
 
 from diffpali.checkpointing import (
-    LAST,
     AtomicCheckpointIO,
     CheckpointMismatchError,
     RNGState,
@@ -30,9 +29,10 @@ from diffpali.checkpointing import (
 from diffpali.config import AttnConfig, DataConfig, FfnConfig, LoraConfig, ModelConfig, OptimConfig
 from diffpali.data.datamodule import VQADataModule
 from diffpali.data.schema import BadRecordError, check_records
+from diffpali.lightning_module import DiffPaliModule
 from diffpali.model import apply_variants, wrap_lora
-from diffpali.module import DiffPaliModule
 from diffpali.nonfinite import NonFiniteError
+from diffpali.paths import LAST_CHECKPOINT
 from diffpali.surgery import lambda_values
 
 ATTN = AttnConfig(variant="diff_dup")
@@ -97,7 +97,7 @@ def _state(module: DiffPaliModule, trainer: L.Trainer) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def tiny_config(tiny_processor):
-    from conftest import small_spec
+    from helpers import small_spec
 
     from diffpali.zoo.tiny import build_config
 
@@ -115,11 +115,12 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_run(tiny_pr
     killed = Recorder(die_before_step=7)
     with pytest.raises(Died):
         _fit(_module(tiny_processor, tiny_config, init_seed=0), _data(tiny_processor), tmp_path / "b", killed)
-    assert torch.load(tmp_path / "b" / LAST, weights_only=True)["global_step"] == 7
+    assert torch.load(tmp_path / "b" / LAST_CHECKPOINT, weights_only=True)["global_step"] == 7
 
     resumed = Recorder()
     module = _module(tiny_processor, tiny_config, init_seed=123)  # other init: everything must come from the checkpoint
-    got = _state(module, _fit(module, _data(tiny_processor), tmp_path / "b", resumed, ckpt_path=tmp_path / "b" / LAST))
+    last = tmp_path / "b" / LAST_CHECKPOINT
+    got = _state(module, _fit(module, _data(tiny_processor), tmp_path / "b", resumed, ckpt_path=last))
 
     assert killed.ids + resumed.ids == whole.ids, "data order differs after resuming"
     assert got["step"] == expected["step"] and got["lambda"] == expected["lambda"]
@@ -136,18 +137,18 @@ def test_a_checkpoint_for_another_model_is_refused_naming_the_fields(tiny_proces
     _fit(module, _data(tiny_processor, train_limit=4), tmp_path / "c", Recorder(), max_epochs=1)
     other = run_signature(ModelConfig(), AttnConfig(variant="vanilla"), FfnConfig(), LoraConfig(rank=8, alpha=16))
     with pytest.raises(CheckpointMismatchError) as info:
-        check_checkpoint(tmp_path / "c" / LAST, other)
+        check_checkpoint(tmp_path / "c" / LAST_CHECKPOINT, other)
     message = str(info.value)
     assert "attn.variant: checkpoint 'diff_dup', this run 'vanilla'" in message
     assert "lora.rank: checkpoint 4, this run 8" in message
     assert "lora.alpha: checkpoint 8, this run 16" in message
     assert "towers" not in message and "dropout" not in message  # only fields that differ and shape the model
-    check_checkpoint(tmp_path / "c" / LAST, SIGNATURE)  # the matching config loads
+    check_checkpoint(tmp_path / "c" / LAST_CHECKPOINT, SIGNATURE)  # the matching config loads
 
 
 def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_loadable(tmp_path):
     io = AtomicCheckpointIO()
-    path = tmp_path / "ckpt" / LAST
+    path = tmp_path / "ckpt" / LAST_CHECKPOINT
     io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
 
     class Unpicklable:  # torch.save fails partway through writing, as a kill or a full disk would
@@ -158,21 +159,22 @@ def test_a_save_interrupted_midway_leaves_the_previous_checkpoint_loadable(tmp_p
         io.save_checkpoint({"global_step": 2, "w": torch.zeros(1000), "x": Unpicklable()}, path)
     loaded = io.load_checkpoint(path)
     assert loaded["global_step"] == 1 and torch.equal(loaded["w"], torch.ones(3))
-    assert sorted(p.name for p in path.parent.iterdir()) == [LAST], "a partial file was left behind"
+    assert sorted(p.name for p in path.parent.iterdir()) == [LAST_CHECKPOINT], "a partial file was left behind"
 
 
 def test_partial_files_of_a_killed_save_are_removed_at_the_next_start(tmp_path):
-    (tmp_path / f".{LAST}.4242.partial").write_bytes(b"half a checkpoint")
-    (tmp_path / LAST).write_bytes(b"kept")
-    assert [p.name for p in remove_partial_writes(tmp_path)] == [f".{LAST}.4242.partial"]
-    assert [p.name for p in tmp_path.iterdir()] == [LAST]
+    (tmp_path / f".{LAST_CHECKPOINT}.4242.partial").write_bytes(b"half a checkpoint")
+    (tmp_path / LAST_CHECKPOINT).write_bytes(b"kept")
+    assert [p.name for p in remove_partial_writes(tmp_path)] == [f".{LAST_CHECKPOINT}.4242.partial"]
+    assert [p.name for p in tmp_path.iterdir()] == [LAST_CHECKPOINT]
 
 
 def test_checkpoints_load_without_pickle(tmp_path):
     """A checkpoint carrying a pickled object (code on load) is refused by weights_only loading."""
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": Died("x")}, path)
-    with pytest.raises(ValueError, match=r"evil.ckpt cannot be read: it holds a pickled object \(test_reliability.Died\)"):
+    with pytest.raises(ValueError,
+                       match=r"evil.ckpt cannot be read: it holds a pickled object \(test_reliability.Died\)"):
         read_checkpoint(path)
     with pytest.raises(pickle.UnpicklingError):
         AtomicCheckpointIO().load_checkpoint(path)
@@ -190,7 +192,8 @@ def _png_bytes(color: tuple[int, int, int]) -> bytes:
 @pytest.fixture
 def vqav2_dir(tmp_path) -> Path:
     """A local VQAv2-schema split (save_to_disk) of 8 records; record 5 has a truncated image."""
-    from datasets import Dataset, Features, Image as ImageFeature, Sequence, Value
+    from datasets import Dataset, Features, Sequence, Value
+    from datasets import Image as ImageFeature
 
     images = [{"bytes": _png_bytes((30 * k, 0, 200)), "path": None} for k in range(8)]
     images[5]["bytes"] = images[5]["bytes"][:60]  # cut off mid-file, as an interrupted download leaves it
@@ -261,7 +264,8 @@ def test_empty_questions_and_missing_answers_or_files_are_named(tmp_path):
         ("data.on_bad_record=drop", "data.on_bad_record='drop': must be one of error, skip"),
         ("on_nonfinite=ignore", "on_nonfinite='ignore': must be one of stop, skip"),
         ("ckpt_every_n_steps=-1", "ckpt_every_n_steps=-1: must be >= 0 (0: at each epoch end instead)"),
-        ("ckpt_path=/no/such.ckpt", "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
+        ("ckpt_path=/no/such.ckpt",
+         "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
         ("model=paligemma_3b_224 model.name_or_path=/no/such/dir",
          "model.name_or_path='/no/such/dir': local directory does not exist (or give a Hub id)"),
         ("trainer.strategy=fsdp", "trainer.strategy='fsdp': FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp"),
@@ -301,9 +305,10 @@ def test_resume_from_last_needs_a_checkpoint_in_the_run_directory(tmp_path):
         to_typed(compose_train(f"output_dir={tmp_path}", "ckpt_path=last"), TrainConfig)
     assert resolve_resume("auto", tmp_path) is None  # auto: a fresh start when there is nothing to resume
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / LAST).write_bytes(b"x")
+    (tmp_path / "checkpoints" / LAST_CHECKPOINT).write_bytes(b"x")
     assert to_typed(compose_train(f"output_dir={tmp_path}", "ckpt_path=last"), TrainConfig).ckpt_path == "last"
-    assert resolve_resume("auto", tmp_path) == resolve_resume("last", tmp_path) == tmp_path / "checkpoints" / LAST
+    last = tmp_path / "checkpoints" / LAST_CHECKPOINT
+    assert resolve_resume("auto", tmp_path) == resolve_resume("last", tmp_path) == last
 
 
 # ---------------------------------------------------------------------------------------- non-finite
@@ -317,8 +322,8 @@ def test_a_diverging_run_stops_naming_step_batch_and_lambdas_and_keeps_its_last_
     message = str(info.value)
     assert message.startswith(f"non-finite loss at step 1 (epoch 0); batch ids (question_id): {recorder.ids[1]}; ")
     assert "lambda per layer: text/layer0=" in message and ", vision/layer0=" in message
-    assert f"the last good checkpoint is {tmp_path / 'ckpt' / LAST}" in message
-    saved = read_checkpoint(tmp_path / "ckpt" / LAST)
+    assert f"the last good checkpoint is {tmp_path / 'ckpt' / LAST_CHECKPOINT}" in message
+    saved = read_checkpoint(tmp_path / "ckpt" / LAST_CHECKPOINT)
     assert saved["global_step"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values())
 
 
@@ -327,7 +332,7 @@ def test_skip_mode_drops_non_finite_updates_and_counts_them(tiny_processor, tiny
     module.optim = OptimConfig(lr=1e30, warmup_steps=0, schedule="constant")
     trainer = _fit(module, _data(tiny_processor), tmp_path / "ckpt", Recorder(), max_epochs=1)
     assert trainer.global_step == 5 and module.skipped_steps == 4  # every step after the first diverges
-    after_first = read_checkpoint(tmp_path / "ckpt" / LAST)  # written after the last step that was applied
+    after_first = read_checkpoint(tmp_path / "ckpt" / LAST_CHECKPOINT)  # written after the last step that was applied
     for name, p in module.model.named_parameters():
         if p.requires_grad:
             assert torch.isfinite(p).all(), name
@@ -378,7 +383,8 @@ def test_adapters_and_new_parameters_reload_from_safetensors_alone(tiny_processo
     assert torch.equal(reloaded(**model_inputs(tiny_batch, with_labels=False)).logits, expected)
 
     (tmp_path / "adapter" / "adapter_model.safetensors").rename(tmp_path / "adapter" / "adapter_model.bin")
-    with pytest.raises(FileNotFoundError, match="no adapter_model.safetensors; diffpali loads adapters from safetensors only"):
+    with pytest.raises(FileNotFoundError,
+                       match="no adapter_model.safetensors; diffpali loads adapters from safetensors only"):
         load_adapter(PaliGemmaForConditionalGeneration(tiny_config), tmp_path / "adapter")
 
 
@@ -402,9 +408,9 @@ def test_a_real_run_killed_with_sigkill_resumes_to_the_uninterrupted_weights():
 
 @pytest.mark.slow
 def test_train_py_names_a_bad_record_in_one_line_before_loading_the_model(vqav2_dir, tmp_path):
-    proc = subprocess.run([sys.executable, "train.py", "data=vqav2", f"data.path={vqav2_dir}", "data.val_split=train", "logger=none",
-                           f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "train.py", "data=vqav2", f"data.path={vqav2_dir}", "data.val_split=train",
+                           "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("BadRecordError: vqav2[train] record 5, question_id=1005: unreadable image ("), last

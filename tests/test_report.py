@@ -9,18 +9,22 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from test_end_to_end import SMOKE_DATA, smoke_model
+from helpers import SMOKE_DATA, smoke_model
 
-from diffpali.report import load_jobs, main, mean_std, sci
+from diffpali.report.__main__ import main
+from diffpali.report.format import sci
+from diffpali.report.runs import load_jobs
+from diffpali.report.stats import mean_std
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_job(root: Path, name: str, *, row=None, seed=0, score=None, status="completed", extra_metrics=None,
               failure=None, lr=4e-4, wd=1e-9, rank=32, alpha=64.0, attn="vanilla", overrides=None) -> Path:
-    """A job directory as diffpali.cli and diffpali.runner leave it."""
+    """A job directory as diffpali.jobs and diffpali.runner leave it."""
     job = root / name
     job.mkdir(parents=True)
     config = {
@@ -34,7 +38,8 @@ def write_job(root: Path, name: str, *, row=None, seed=0, score=None, status="co
     job_status = "failed" if failure else status
     (job / "job.json").write_text(json.dumps({"status": job_status, "overrides": overrides, "config": config}))
     if failure:
-        (job / "failed.json").write_text(json.dumps({"error_type": failure[0], "message": failure[1], "traceback": "..."}))
+        failed = {"error_type": failure[0], "message": failure[1], "traceback": "..."}
+        (job / "failed.json").write_text(json.dumps(failed))
     elif status == "completed":
         metrics = {"seed": seed, "convention": "official", **(extra_metrics or {})}
         if score is not None:
@@ -65,7 +70,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 def test_mean_and_sample_std_over_seeds():
     mean, std, n = mean_std([0.5, 0.6, 0.7])
-    assert (mean, n) == (pytest.approx(0.6), 3) and std == pytest.approx(statistics.stdev([0.5, 0.6, 0.7])) == pytest.approx(0.1)
+    assert (mean, n) == (pytest.approx(0.6), 3)
+    assert std == pytest.approx(statistics.stdev([0.5, 0.6, 0.7])) == pytest.approx(0.1)
     assert mean_std([0.42]) == (0.42, None, 1) and mean_std([]) == (None, None, 0)
     assert (sci(4e-4), sci(2e-5), sci(1e-9), sci(0.1)) == ("4e-4", "2e-5", "1e-9", "0.1")
 
@@ -87,7 +93,8 @@ def test_table1_markdown_and_csv_from_hand_written_runs(sweep, tmp_path, capsys)
     assert "`test/vqa_accuracy_official`" in md and "official VQAv2 accuracy" in md and "percent" in md
     rows = read_csv(out / "table1.csv")
     row1 = next(r for r in rows if r["row"] == "1")
-    assert row1["n"] == "3" and float(row1["mean_pct"]) == pytest.approx(60.0) and float(row1["std_pct"]) == pytest.approx(10.0)
+    assert row1["n"] == "3" and float(row1["mean_pct"]) == pytest.approx(60.0)
+    assert float(row1["std_pct"]) == pytest.approx(10.0)
     assert row1["seeds"] == "1;2;3" and float(row1["paper_pct"]) == 53.21
     assert (row1["diff_attn"], row1["lr"], row1["lora"], row1["wd"]) == ("no", "4e-4", "32/64", "1e-9")
     assert "| 1 | no | mlp | 4e-4 | 32/64 | 1e-9 | tiny / easy_vqa | 60.00 ± 10.00 | 3 | 53.21 |" in md
@@ -113,7 +120,8 @@ def test_table1_markdown_and_csv_from_hand_written_runs(sweep, tmp_path, capsys)
 
 def test_table2_when_mmneedle_results_exist(tmp_path):
     root = tmp_path / "needle"
-    cells = {"mmneedle/cell_r1_c1": 0.5, "mmneedle/cell_r1_c2": 0.25, "mmneedle/cell_r2_c1": 1.0, "mmneedle/cell_r2_c2": 0.0}
+    cells = {"mmneedle/cell_r1_c1": 0.5, "mmneedle/cell_r1_c2": 0.25, "mmneedle/cell_r2_c1": 1.0,
+             "mmneedle/cell_r2_c2": 0.0}
     for seed, exact in ((1, 0.40), (2, 0.50)):
         write_job(root, f"diff_{seed}", seed=seed, attn="diff_dup", overrides=[f"seed={seed}", "attn=diff_dup"],
                   extra_metrics={"mmneedle/exact": exact, "mmneedle/index": 1.0, "mmneedle/existence": 0.9, **cells})
@@ -133,8 +141,8 @@ def test_an_evaluate_run_inherits_the_method_of_the_run_it_scores(tmp_path):
     trained = write_job(tmp_path / "train", "diff_split_run", attn="diff_split", rank=8)
     evaluation = tmp_path / "evals" / "needle"
     evaluation.mkdir(parents=True)
-    (evaluation / "job.json").write_text(json.dumps({"status": "completed", "overrides": [f"ckpt={trained}", "eval=mmneedle"],
-                                                     "config": {"ckpt": str(trained), "seed": 0}}))
+    (evaluation / "job.json").write_text(json.dumps({"status": "completed", "config": {"ckpt": str(trained), "seed": 0},
+                                                     "overrides": [f"ckpt={trained}", "eval=mmneedle"]}))
     (evaluation / "metrics.json").write_text(json.dumps({"seed": 0, "mmneedle/mode": "paper", "mmneedle/exact": 0.3,
                                                          "mmneedle/row": 0.6, "mmneedle/column": 0.55}))
     (job,) = load_jobs(tmp_path / "evals")
@@ -150,8 +158,8 @@ def test_an_evaluate_run_inherits_the_method_of_the_run_it_scores(tmp_path):
     (base / "metrics.json").write_text(json.dumps({"seed": 0, "mmneedle/exact": 0.1}))
     assert main([str(tmp_path / "evals")]) == 0
     md = (tmp_path / "evals" / "table2.md").read_text()
-    assert "no (base, no adapter)" in [l for l in md.splitlines() if "| 10.00" in l][0]
-    (table_line,) = [l for l in md.splitlines() if "30.00" in l]
+    assert "no (base, no adapter)" in [line for line in md.splitlines() if "| 10.00" in line][0]
+    (table_line,) = [line for line in md.splitlines() if "30.00" in line]
     assert "yes (original)" in table_line and "60.00" in table_line and "55.00" in table_line
 
 
@@ -170,7 +178,8 @@ def test_a_real_multirun_with_a_failing_job_is_reported(tmp_path):
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", "data=vqav2,easy_vqa", "seed=1,2", f"data.path={empty}",
-         *smoke_model(tmp_path / "cache"), *SMOKE_DATA, "data.train_limit=16", "data.val_limit=8", "data.test_limit=8", "logger=csv",
+         *smoke_model(tmp_path / "cache"), *SMOKE_DATA, "data.train_limit=16", "data.val_limit=8", "data.test_limit=8",
+         "logger=csv",
          "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
@@ -194,3 +203,49 @@ def test_a_real_multirun_with_a_failing_job_is_reported(tmp_path):
     assert bad["n"] == "0" and bad["failed"] == "2"
     md = (out / "table1.md").read_text()
     assert md.count("**failed**") == 2 and "4 jobs: 2 completed, 2 failed, 0 incomplete" in md
+
+
+class _FakeRun:
+    def __init__(self, name, state, config, summary, path):
+        self.name, self.state, self.config, self.summary, self.path = name, state, config, summary, path
+
+
+def test_wandb_runs_are_read_as_job_directories_are(tmp_path, monkeypatch, capsys):
+    """--wandb: a run's name is its overrides, its config the validated config, its summary the metrics;
+    a crashed run is listed as failed, never averaged in."""
+    config = {"table_row": 1, "attn": {"variant": "vanilla"}, "ffn": {"variant": "mlp"},
+              "lora": {"rank": 32, "alpha": 64}, "optim": {"name": "adam", "lr": 4e-4, "weight_decay": 1e-9},
+              "data": {"name": "easy_vqa", "batch_size": 4}, "model": {"name": "tiny"}}
+    runs = [_FakeRun("+experiment/table1=row1,seed=1", "finished", {**config, "seed": 1},
+                     {"test/vqa_accuracy_official": 0.5, "_step": 9}, ["me", "proj", "a1"]),
+            _FakeRun("+experiment/table1=row1,seed=2", "finished", {**config, "seed": 2},
+                     {"test/vqa_accuracy_official": 0.7}, ["me", "proj", "a2"]),
+            _FakeRun("+experiment/table1=row1,seed=3", "crashed", {**config, "seed": 3}, {}, ["me", "proj", "a3"])]
+    asked = {}
+
+    class Api:
+        def runs(self, project, filters=None):
+            asked.update(project=project, filters=filters)
+            return runs
+
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Api=Api))
+    out = tmp_path / "report"
+    assert main(["--wandb", "me/proj", "--group", "table1-x", "--out", str(out)]) == 0
+    assert asked == {"project": "me/proj", "filters": {"group": "table1-x"}}
+    (row1,) = [r for r in read_csv(out / "table1.csv") if r["row"] == "1"]
+    assert (row1["n"], row1["seeds"], row1["failed"]) == ("2", "1;2", "1")
+    assert float(row1["mean_pct"]) == pytest.approx(60.0)
+    md = (out / "table1.md").read_text()
+    assert "Source: `wandb:me/proj group table1-x`" in md
+    assert "**failed** `me/proj/a3`" in md and "W&B run state: crashed" in md
+    assert md in capsys.readouterr().out
+
+
+def test_an_unreadable_wandb_project_is_one_clear_error(monkeypatch):
+    class Api:
+        def runs(self, project, filters=None):
+            raise PermissionError("no login")
+
+    monkeypatch.setitem(sys.modules, "wandb", SimpleNamespace(Api=Api))
+    with pytest.raises(SystemExit, match=r"--wandb me/proj: could not read the project .*PermissionError: no login"):
+        main(["--wandb", "me/proj"])

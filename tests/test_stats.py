@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from diffpali.stats import mean_ci, paired_bootstrap
+from diffpali.report.stats import mean_ci, paired_bootstrap
 
 
 def test_mean_ci_is_the_t_interval():

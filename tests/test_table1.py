@@ -10,11 +10,10 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the sweeper `-m` uses
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-
 from hydra.types import RunMode
 
-from diffpali.cli import check_launch, relaunches_script
 from diffpali.config import ConfigError, TrainConfig, TrainerConfig, register_configs, to_typed
+from diffpali.jobs import check_launch, relaunches_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
@@ -161,7 +160,7 @@ def test_multirun_with_in_process_ddp_is_refused_but_single_runs_and_submitit_ar
 
 
 def test_job_directory_names_and_wandb_identity_of_a_grid_job():
-    from diffpali.cli import path_safe, sweep_group
+    from diffpali.jobs import path_safe, sweep_group
     from diffpali.loggers import variant_tags
 
     assert path_safe("+experiment/table1=row2,seed=3") == "+experiment-table1=row2,seed=3"

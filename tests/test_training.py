@@ -7,13 +7,13 @@ import math
 import lightning as L
 import pytest
 import torch
-from PIL import Image
 from peft import PeftModel
+from PIL import Image
 
 from diffpali.config import LoraConfig, OptimConfig
 from diffpali.data.collate import PaliGemmaCollator, model_inputs
+from diffpali.lightning_module import DiffPaliModule, warmup_cosine
 from diffpali.model import lora_target_regex, wrap_lora
-from diffpali.module import DiffPaliModule, warmup_cosine
 
 
 def _examples(n: int = 16):
@@ -35,7 +35,8 @@ def test_lora_targets_only_the_chosen_projections_of_the_chosen_towers(tiny_mode
     peft_model = wrap_lora(tiny_model, LoraConfig(rank=4, alpha=8, towers=["text"]))
     adapted = {n.split(".lora_A")[0] for n, _ in peft_model.named_parameters() if ".lora_A" in n}
     assert adapted and all(".language_model." in n for n in adapted)
-    assert {n.rsplit(".", 1)[-1] for n in adapted} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {n.rsplit(".", 1)[-1] for n in adapted} == projections
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert "vision_tower" in lora_target_regex(LoraConfig(towers=["vision"]))
@@ -99,11 +100,13 @@ def test_lambda_values_are_read_per_layer_through_the_peft_wrapper(tiny_model):
     model = wrap_lora(tiny_model, LoraConfig(rank=4, alpha=8), saved)
     values = lambda_values(model)
     assert sorted(values) == ["text/layer0", "text/layer1", "vision/layer0", "vision/layer1"]
-    assert values["text/layer0"] == pytest.approx(0.2) and values["text/layer1"] == pytest.approx(0.8 - 0.6 * math.exp(-0.3))
+    assert values["text/layer0"] == pytest.approx(0.2)
+    assert values["text/layer1"] == pytest.approx(0.8 - 0.6 * math.exp(-0.3))
+    trained_lambda = "language_model.layers.0.self_attn.diff_lambda.modules_to_save.default"
     with torch.no_grad():  # a change to the trained copy shows: the values come from what trains
         for name, p in model.named_parameters():
-            if "modules_to_save" in name and name.endswith("language_model.layers.0.self_attn.diff_lambda.modules_to_save.default.lq1"):
+            if "modules_to_save" in name and name.endswith(f"{trained_lambda}.lq1"):
                 p.fill_(1.0)
-            if "modules_to_save" in name and name.endswith("language_model.layers.0.self_attn.diff_lambda.modules_to_save.default.lk1"):
+            if "modules_to_save" in name and name.endswith(f"{trained_lambda}.lk1"):
                 p.fill_(0.1)
     assert lambda_values(model)["text/layer0"] != pytest.approx(0.2)

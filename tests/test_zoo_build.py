@@ -87,7 +87,8 @@ def test_match_marks_the_tokens_of_the_named_objects_cell():
         cells = scene.token_cells(8)
         assert index == 1 and [c == (row - 1, col - 1) for c in cells] == [m == 1.0 for m in marked]
         assert scene.object_in((row - 1, col - 1)).caption == example["prefix"].rsplit("Caption: ", 1)[1]
-        assert example["prefix"] == "answer en " + NEEDLE_PROMPT.format(M=1, N=scene.grid, caption=scene.object_in((row - 1, col - 1)).caption)
+        caption = scene.object_in((row - 1, col - 1)).caption
+        assert example["prefix"] == "answer en " + NEEDLE_PROMPT.format(M=1, N=scene.grid, caption=caption)
         seen["positive"] += 1
     assert min(seen.values()) > 50
 
@@ -112,9 +113,12 @@ def tiny_spec(steps0: int = 3, steps1: int = 6) -> TinySpec:
         "stage1.batch_size=4", "stage1.match_layer=1"])
 
 
+QUIET = {"progress": False, "probe_every": 0}
+
+
 def test_a_killed_build_resumes_to_exactly_the_uninterrupted_weights(tmp_path, monkeypatch):
     spec = tiny_spec()
-    build_base(spec, tmp_path / "whole", work_dir=tmp_path / "whole-work", progress=False, probe_every=0, checkpoint_every=2)
+    build_base(spec, tmp_path / "whole", work_dir=tmp_path / "whole-work", **QUIET, checkpoint_every=2)
     calls = {"n": 0}
     real_loss = stages.stage1_loss
 
@@ -126,10 +130,10 @@ def test_a_killed_build_resumes_to_exactly_the_uninterrupted_weights(tmp_path, m
 
     monkeypatch.setattr("diffpali.zoo.build.stage1_loss", dies_at_step_five)
     with pytest.raises(KeyboardInterrupt):
-        build_base(spec, tmp_path / "resumed", work_dir=tmp_path / "work", progress=False, probe_every=0, checkpoint_every=2)
+        build_base(spec, tmp_path / "resumed", work_dir=tmp_path / "work", **QUIET, checkpoint_every=2)
     monkeypatch.setattr("diffpali.zoo.build.stage1_loss", real_loss)
     assert torch.load(tmp_path / "work" / "stage1.pt", weights_only=True)["step"] == 4
-    build_base(spec, tmp_path / "resumed", work_dir=tmp_path / "work", progress=False, probe_every=0, checkpoint_every=2)
+    build_base(spec, tmp_path / "resumed", work_dir=tmp_path / "work", **QUIET, checkpoint_every=2)
     whole, resumed = (load_file(tmp_path / d / "model.safetensors") for d in ("whole", "resumed"))
     assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
     info = json.loads((tmp_path / "resumed" / "build_info.json").read_text())
@@ -156,7 +160,8 @@ def test_a_yes_no_question_marks_the_image_when_the_named_object_is_there(task):
         if example["suffix"] not in ("yes", "no"):
             assert example["match"] is None
             continue
-        named_is_there = (example["suffix"] == "yes") != is_negated(template_of(example["prefix"].removeprefix("answer en ")))
+        template = template_of(example["prefix"].removeprefix("answer en "))
+        named_is_there = (example["suffix"] == "yes") != is_negated(template)
         assert example["match"] == [float(named_is_there)] * 64
 
 

@@ -40,7 +40,8 @@ def record_image(examples: "VQAExamples", ref: RecordRef, max_side: int = 224) -
 class PaliGemmaCollator:
     """Turns examples into model inputs with the real ``PaliGemmaProcessor``.
 
-    Each example has ``image`` (or a list ``images``) and ``prefix`` and, for training, ``suffix``. The processor lays out
+    Each example has ``image`` (or a list ``images``) and ``prefix`` and, for training, ``suffix``. The processor
+    lays out
     ``<image>*N <bos> prefix \\n [suffix <eos>]`` and returns ``token_type_ids`` (0 on the prefix,
     1 on the suffix), which the model needs for PaliGemma's prefix-LM mask: without them the mask
     silently becomes causal over the image and prompt. Labels cover the suffix only.

@@ -85,7 +85,7 @@ class VQADataModule(L.LightningDataModule):
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        """Only the tensors move; Lightning's default would also walk every record's metadata (~1.5 ms a step)."""
+        """Only the tensors move; Lightning's default would also walk every record's metadata, every step."""
         if isinstance(batch, dict):
             return to_device(batch, device)
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
 
+import easy_vqa as easy_vqa_package
 import numpy as np
 from datasets import Dataset
 
@@ -51,14 +52,12 @@ class EasyVQASplit:
 
 @lru_cache(maxsize=2)
 def _raw(source_split: str) -> EasyVQASplit:
-    import easy_vqa
-
     if source_split == "train":
-        q, a, ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
+        q, a, ids = easy_vqa_package.get_train_questions()
+        paths = easy_vqa_package.get_train_image_paths()
     elif source_split == "test":
-        q, a, ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
+        q, a, ids = easy_vqa_package.get_test_questions()
+        paths = easy_vqa_package.get_test_image_paths()
     else:  # pragma: no cover - guarded by callers
         raise ValueError(source_split)
     return EasyVQASplit(list(q), list(a), [int(i) for i in ids], {int(k): v for k, v in paths.items()})
@@ -68,7 +67,7 @@ def validation_image_ids(val_fraction: float) -> set[int]:
     """Train image ids held out for validation (deterministic)."""
     ids = np.array(sorted(_raw("train").image_paths))
     perm = np.random.default_rng(SPLIT_SEED).permutation(ids)
-    return set(int(i) for i in perm[: int(round(val_fraction * len(ids)))])
+    return {int(i) for i in perm[: int(round(val_fraction * len(ids)))]}
 
 
 def split_image_ids(split: str, val_fraction: float = 0.1) -> list[int]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from datasets import Features, Image, Sequence as HFSequence, Value
+from datasets import Features, Image, Value
+from datasets import Sequence as HFSequence
+from PIL import Image as PILImage
 
 NUM_ANSWERS = 10  #: VQAv2 has ten human answers per question
 
@@ -50,10 +53,6 @@ def image_problem(image: Any) -> str | None:
     Opens the file and runs PIL's ``verify`` (PNG chunk checksums, truncation) without decoding
     pixels, so a whole split is checked in seconds before training starts.
     """
-    import io
-
-    from PIL import Image as PILImage
-
     if image is None or isinstance(image, PILImage.Image):
         return None
     if isinstance(image, dict):

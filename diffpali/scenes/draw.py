@@ -27,7 +27,10 @@ def pale_background(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randint(*BACKGROUND_RANGE) for _ in range(3))  # type: ignore[return-value]
 
 
-def draw_tile(shape: str | None, color: str | None, rng: random.Random) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+Box = tuple[int, int, int, int]
+
+
+def draw_tile(shape: str | None, color: str | None, rng: random.Random) -> tuple[Image.Image, Box | None]:
     """A 64 px tile holding ``shape`` in ``color`` (or nothing when ``shape`` is None), and the shape's box.
 
     The box is (x0, y0, x1, y1) in tile pixels, inclusive of the drawn extent. Sizes and positions

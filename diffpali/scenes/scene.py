@@ -65,7 +65,8 @@ class Scene:
         return [(cell(r), cell(c)) for r in range(per_side) for c in range(per_side)]
 
 
-def sample_objects(rng: random.Random, grid: int, count: int, labels: tuple[Label, ...] = ALL_LABELS) -> dict[tuple[int, int], Label]:
+def sample_objects(rng: random.Random, grid: int, count: int,
+                   labels: tuple[Label, ...] = ALL_LABELS) -> dict[tuple[int, int], Label]:
     """``count`` objects with pairwise-distinct labels in distinct random cells of an N x N grid."""
     if not 0 <= count <= grid * grid:
         raise ValueError(f"{count} objects do not fit a {grid}x{grid} grid")
@@ -94,6 +95,6 @@ def draw_scene(rng: random.Random, grid: int, placed: dict[tuple[int, int], Labe
             canvas.paste(tile, (x, y))
             if box is not None:
                 x0, y0, x1, y1 = box
-                objects.append(SceneObject(shape, color, (row, col),
-                                           (x + x0 * scale, y + y0 * scale, x + (x1 + 1) * scale, y + (y1 + 1) * scale)))
+                in_scene = (x + x0 * scale, y + y0 * scale, x + (x1 + 1) * scale, y + (y1 + 1) * scale)
+                objects.append(SceneObject(shape, color, (row, col), in_scene))
     return Scene(canvas, grid, tuple(objects))

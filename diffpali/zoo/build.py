@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from PIL import Image
 from transformers import PaliGemmaForConditionalGeneration
 
 from ..config import TinySpec
@@ -30,8 +31,8 @@ from ..generation import generate_for_examples
 from ..jsonio import write_json_atomic
 from ..scenes import draw_scene, sample_objects
 from .stages import (
-    StageRunner,
     Stage0Stream,
+    StageRunner,
     TokenLabelHeads,
     build_stage1_batches,
     stage0_loss,
@@ -47,8 +48,6 @@ BUILD_INFO = "build_info.json"
 
 def _validation_singles(limit: int) -> tuple[list, list[tuple[str, str]]]:
     """The first ``limit`` easy-vqa VALIDATION images (held out of every stage) with their (colour, shape)."""
-    from PIL import Image
-
     labels = easy_vqa.image_labels("train")
     ids = [i for i in easy_vqa.split_image_ids("validation") if i in labels][:limit]
     images = []
@@ -59,7 +58,8 @@ def _validation_singles(limit: int) -> tuple[list, list[tuple[str, str]]]:
 
 
 @torch.no_grad()
-def first_token_replies(model: Any, processor: Any, examples: list[dict], device: str, batch_size: int = 64) -> list[str]:
+def first_token_replies(model: Any, processor: Any, examples: list[dict], device: str,
+                        batch_size: int = 64) -> list[str]:
     """The greedy first answer token of each example (one prefix-only forward pass, as generate's prefill)."""
     collate = PaliGemmaCollator(processor, train=False, dataset_name="probe")
     was_training = model.training
@@ -95,7 +95,8 @@ def stage1_probe(model: Any, processor: Any, spec: TinySpec, device: str, sample
             scene = draw_scene(rng, 2, sample_objects(rng, 2, count), spec.vision.image_size)
             grids.append((scene, scene.objects[k % count]))
         right = []
-        for axis, (prompt, names) in enumerate(((TOP_BOTTOM_PROMPT, ("top", "bottom")), (LEFT_RIGHT_PROMPT, ("left", "right")))):
+        questions = ((TOP_BOTTOM_PROMPT, ("top", "bottom")), (LEFT_RIGHT_PROMPT, ("left", "right")))
+        for axis, (prompt, names) in enumerate(questions):
             examples = [{"image": s.image, "prefix": QUESTION_PROMPT.format(question=prompt.format(caption=t.caption))}
                         for s, t in grids]
             replies = first_token_replies(model, processor, examples, device)
@@ -142,7 +143,8 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
         images, labels = _validation_singles(400)  # validation images, never test
 
         def stage0_step(step: int):
-            batch = {k: v.to(device) for k, v in stream.batch(step, spec.stage0.batch_size, processor.image_processor).items()}
+            batch = stream.batch(step, spec.stage0.batch_size, processor.image_processor)
+            batch = {k: v.to(device) for k, v in batch.items()}
             return stage0_loss(tower, heads, batch)
 
         tower.train()

@@ -18,14 +18,17 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
 from ..scenes import COLORS, SHAPES, draw_scene, sample_objects
 from .tasks import Stage1Mixture
@@ -45,8 +48,6 @@ class TokenCache:
     """
 
     def __init__(self, processor: Any):
-        from PIL import Image
-
         self.processor = processor
         self._blank = Image.new("RGB", (8, 8))
         self._cache: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
@@ -88,7 +89,8 @@ def collate_stage1(examples: list[dict[str, Any]], tokens: TokenCache, image_tok
 # stage 0: the vision tower alone
 # ---------------------------------------------------------------------------------------------
 class TokenLabelHeads(nn.Module):
-    """Linear read-outs of every vision token: its cell's shape and colour (blank is class 0), its patch row and column."""
+    """Linear read-outs of every vision token: its cell's shape and colour (blank is class 0), and its own
+    patch row and column."""
 
     def __init__(self, width: int, per_side: int):
         super().__init__()
@@ -128,8 +130,8 @@ class Stage0Stream:
         scenes = [self.example(step, i) for i in range(size)]
         labels = [stage0_labels(s, self.per_side) for s in scenes]
         pixels = image_processor([s.image for s in scenes], return_tensors="pt")["pixel_values"]
-        return {"pixel_values": pixels, "shape": torch.tensor([l[0] for l in labels]),
-                "color": torch.tensor([l[1] for l in labels])}
+        return {"pixel_values": pixels, "shape": torch.tensor([shapes for shapes, _ in labels]),
+                "color": torch.tensor([colors for _, colors in labels])}
 
 
 def stage0_loss(tower: nn.Module, heads: TokenLabelHeads, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
@@ -230,8 +232,9 @@ class StageRunner:
             raise RuntimeError(f"{self.state_path}: unreadable build checkpoint ({type(err).__name__}); delete it "
                                f"and run the build again to restart {self.name} from step 0") from err
         if state.get("key") != self.key:
-            raise RuntimeError(f"{self.state_path}: a checkpoint of {self.name} for another spec (key {state.get('key')}, "
-                               f"this build {self.key}); use another work directory, or delete it to restart")
+            raise RuntimeError(f"{self.state_path}: a checkpoint of {self.name} for another spec "
+                               f"(key {state.get('key')}, this build {self.key}); use another work directory, "
+                               "or delete it to restart")
         for key, module in self.modules.items():
             module.load_state_dict(state["modules"][key])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -249,10 +252,6 @@ class StageRunner:
     def run(self, step_loss: Callable[[int], tuple[torch.Tensor, dict]], parameters: list[nn.Parameter],
             probe: Callable[[int], dict] | None = None, probe_every: int = 0, progress: bool = True) -> None:
         """Train to ``steps``. Progress: a bar with the loss on a terminal, else a log line a minute."""
-        import sys
-
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=self.steps, initial=self.step, desc=self.name, mininterval=2, dynamic_ncols=True,
                    disable=not (progress and sys.stderr.isatty()))
         first, last_line = self.step, time.time()

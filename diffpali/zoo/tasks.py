@@ -65,7 +65,8 @@ def is_negated(template: str) -> bool:
 
 
 def named_by(obj, color: str, shape: str, by_color: bool, by_shape: bool) -> bool:
-    """Whether ``obj`` is what a question naming ``color`` (if ``by_color``) and ``shape`` (if ``by_shape``) asks about."""
+    """Whether ``obj`` is what a question asks about that names ``color`` (if ``by_color``) and ``shape``
+    (if ``by_shape``)."""
     return (not by_color or obj.color == color) and (not by_shape or obj.shape == shape)
 
 
@@ -294,22 +295,22 @@ class Stage1Mixture:
             caption, cell = target.caption, target.cell
             answer = needle_answer(1, cell[0] + 1, cell[1] + 1)
         question = NEEDLE_PROMPT.format(M=1, N=grid, caption=caption)
-        return {"image": scene.image, "prefix": self._ask(question), "suffix": answer, "match": self._match(scene, cell),
-                "scene": scene}
+        return {"image": scene.image, "prefix": self._ask(question), "suffix": answer,
+                "match": self._match(scene, cell), "scene": scene}
 
     def _detect(self, rng: random.Random, step: int) -> dict[str, Any]:
         scene = self._grid_scene(rng, step, rng.choice((1, 2, 3, 4)))
         target = rng.choice(scene.objects)
         return {"image": scene.image, "prefix": f"detect {target.name}",
-                "suffix": f"{loc_tokens(target.box, scene.size)} {target.name}", "match": self._match(scene, target.cell),
-                "scene": scene}
+                "suffix": f"{loc_tokens(target.box, scene.size)} {target.name}",
+                "match": self._match(scene, target.cell), "scene": scene}
 
     # -- the tokenizer's training text ----------------------------------------------------------
     def corpus(self) -> list[str]:
         """The mixture's texts, roughly as often as it uses them (the tokenizer's training text):
         every TRAIN question and answer, and for each label the drawn tasks' prompts and replies."""
-        pairs = [(self._ask(q), a) for a, by_answer in ((a, b) for b in self._train_questions.values() for a, b in b.items())
-                 for q, _ in by_answer]
+        pairs = [(self._ask(question), answer) for by_answer in self._train_questions.values()
+                 for answer, asked in by_answer.items() for question, _ in asked]
         texts = [text for pair in pairs for text in pair]
         texts += ["caption en", "top", "bottom", "left", "right", "-1", "yes", "no"] * 200
         for shape, color in ALL_LABELS:

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import CORPUS, small_spec  # noqa: E402
+from helpers import CORPUS, small_spec  # noqa: E402
 
-from diffpali.config import FfnConfig, LoraConfig, OptimConfig, AttnConfig  # noqa: E402
+from diffpali.config import AttnConfig, FfnConfig, LoraConfig, OptimConfig  # noqa: E402
 from diffpali.data.collate import PaliGemmaCollator  # noqa: E402
+from diffpali.lightning_module import DiffPaliModule  # noqa: E402
 from diffpali.model import apply_variants, wrap_lora  # noqa: E402
-from diffpali.module import DiffPaliModule  # noqa: E402
 from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer  # noqa: E402
 
 BAD = 3
@@ -37,7 +37,8 @@ def main(out_dir: Path) -> None:
 
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
     model = wrap_lora(model, LoraConfig(rank=4, alpha=8), apply_variants(model, AttnConfig(), FfnConfig()))
-    examples = [{"image": Image.new("RGB", (32, 32), (30 * k, 0, 200)), "prefix": "caption en", "suffix": "a red circle",
+    examples = [{"image": Image.new("RGB", (32, 32), (30 * k, 0, 200)), "prefix": "caption en",
+                 "suffix": "a red circle",
                  "answers": ["a red circle"] * 10, "category": "other", "question_id": k} for k in range(8)]
     examples[BAD]["image"] = b"not an image"  # as a truncated download leaves it
     collate = PaliGemmaCollator(processor, train=True, on_bad_record="skip")

@@ -13,13 +13,17 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import CORPUS, small_spec  # noqa: E402
+from helpers import CORPUS, small_spec  # noqa: E402
 
-from diffpali.config import AttnConfig, LoraConfig, OptimConfig  # noqa: E402
+from diffpali.config import (  # noqa: E402
+    AttnConfig,
+    FfnConfig,  # noqa: E402
+    LoraConfig,
+    OptimConfig,
+)
 from diffpali.data.collate import PaliGemmaCollator  # noqa: E402
+from diffpali.lightning_module import DiffPaliModule  # noqa: E402
 from diffpali.model import apply_variants, wrap_lora  # noqa: E402
-from diffpali.config import FfnConfig  # noqa: E402
-from diffpali.module import DiffPaliModule  # noqa: E402
 from diffpali.surgery import lambda_values  # noqa: E402
 from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer  # noqa: E402
 
@@ -34,17 +38,19 @@ def main(out_dir: Path) -> None:
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
     saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
     model = wrap_lora(model, LoraConfig(rank=4, alpha=8), saved)
-    examples = [{"image": Image.new("RGB", (32, 32), (40 * k, 0, 200)), "prefix": "caption en", "suffix": "a red circle",
+    examples = [{"image": Image.new("RGB", (32, 32), (40 * k, 0, 200)), "prefix": "caption en",
+                 "suffix": "a red circle",
                  "answers": ["a red circle"] * 10, "category": "other"} for k in range(8)]
     loader = torch.utils.data.DataLoader(examples, batch_size=2, collate_fn=PaliGemmaCollator(processor, train=True))
-    module = DiffPaliModule(model, processor, OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant"), dataset_name="vqav2")
+    optim = OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant")
+    module = DiffPaliModule(model, processor, optim, dataset_name="vqav2")
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=3, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     before = lambda_values(model)
     trainer.fit(module, train_dataloaders=loader)
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    torch.save({"params": trainable, "lambda": lambda_values(model), "lambda_before": before, "step": trainer.global_step,
-                "implementation": model.config.text_config._attn_implementation},
+    torch.save({"params": trainable, "lambda": lambda_values(model), "lambda_before": before,
+                "step": trainer.global_step, "implementation": model.config.text_config._attn_implementation},
                out_dir / f"rank{trainer.global_rank}.pt")
 
 

@@ -16,12 +16,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import CORPUS, small_spec  # noqa: E402
+from helpers import CORPUS, small_spec  # noqa: E402
 
 from diffpali.config import AttnConfig, DataConfig, FfnConfig, LoraConfig, OptimConfig  # noqa: E402
 from diffpali.data.datamodule import VQADataModule  # noqa: E402
+from diffpali.lightning_module import DiffPaliModule  # noqa: E402
 from diffpali.model import apply_variants, wrap_lora  # noqa: E402
-from diffpali.module import DiffPaliModule  # noqa: E402
 from diffpali.surgery import lambda_values  # noqa: E402
 from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer  # noqa: E402
 
@@ -54,9 +54,11 @@ def main(out_dir: Path, devices: int) -> None:
     from transformers import PaliGemmaForConditionalGeneration
 
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig()))
-    data = VQADataModule(DataConfig(train_limit=16, val_limit=VAL_RECORDS, test_limit=4, batch_size=GLOBAL_BATCH // devices,
-                                    eval_batch_size=2, max_new_tokens=2), processor, seed=0)
+    saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
+    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), saved)
+    data = VQADataModule(DataConfig(train_limit=16, val_limit=VAL_RECORDS, test_limit=4,
+                                    batch_size=GLOBAL_BATCH // devices, eval_batch_size=2, max_new_tokens=2),
+                         processor, seed=0)
     module = DiffPaliModule(model.train(), processor, OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant"),
                             max_new_tokens=2)
     probe = Probe()

@@ -19,12 +19,12 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import CORPUS, small_spec  # noqa: E402
+from helpers import CORPUS, small_spec  # noqa: E402
 
 from diffpali.config import AttnConfig, FfnConfig, LoraConfig, OptimConfig  # noqa: E402
 from diffpali.data.collate import PaliGemmaCollator  # noqa: E402
+from diffpali.lightning_module import DiffPaliModule  # noqa: E402
 from diffpali.model import apply_variants, wrap_lora  # noqa: E402
-from diffpali.module import DiffPaliModule  # noqa: E402
 from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer  # noqa: E402
 
 
@@ -57,12 +57,15 @@ def main(out_dir: Path, strategy: str) -> None:
     from transformers import PaliGemmaForConditionalGeneration
 
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig()))
-    examples = [{"image": Image.new("RGB", (32, 32), (30 * k, 0, 200)), "prefix": "caption en", "suffix": "a red circle",
+    saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
+    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), saved)
+    examples = [{"image": Image.new("RGB", (32, 32), (30 * k, 0, 200)), "prefix": "caption en",
+                 "suffix": "a red circle",
                  "answers": ["a red circle"] * 10, "category": "other", "question_id": k} for k in range(8)]
     loader = torch.utils.data.DataLoader(examples, batch_size=2, collate_fn=PaliGemmaCollator(processor, train=True))
     cls = ShardedModule if strategy == "fsdp2" else DiffPaliModule
-    module = cls(model.train(), processor, OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant"), dataset_name="vqav2")
+    optim = OptimConfig(lr=1e-2, warmup_steps=0, schedule="constant")
+    module = cls(model.train(), processor, optim, dataset_name="vqav2")
     parallel = (ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1, process_group_backend="gloo")
                 if strategy == "fsdp2" else "ddp")
     probe = Losses()

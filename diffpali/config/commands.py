@@ -1,0 +1,196 @@
+"""The top-level schemas of the two commands, ``train.py`` (:class:`TrainConfig`) and ``evaluate.py``
+(:class:`EvaluateConfig` with its ``eval`` group), their registration with Hydra, and :func:`to_typed`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from ..paths import CHECKPOINT_DIR, LAST_CHECKPOINT
+from . import groups
+from .rules import choice, fail, positive
+
+
+@dataclass
+class TrainConfig:
+    """``python train.py``: LoRA fine-tuning, then scoring on the test split."""
+
+    model: groups.ModelConfig = field(default_factory=groups.ModelConfig)
+    data: groups.DataConfig = field(default_factory=groups.DataConfig)
+    attn: groups.AttnConfig = field(default_factory=groups.AttnConfig)
+    ffn: groups.FfnConfig = field(default_factory=groups.FfnConfig)
+    lora: groups.LoraConfig = field(default_factory=groups.LoraConfig)
+    optim: groups.OptimConfig = field(default_factory=groups.OptimConfig)
+    trainer: groups.TrainerConfig = field(default_factory=groups.TrainerConfig)
+    logger: groups.LoggerConfig = field(default_factory=groups.LoggerConfig)
+    experiment_name: str = "default"  #: W&B group and report row label
+    #: Row of the paper's Table 1 this run reproduces (set by conf/experiment/table1/row*.yaml);
+    #: recorded in the run's job.json, where ``python -m diffpali.report`` reads it. None: not a Table 1 run.
+    table_row: Optional[int] = None
+    seed: Optional[int] = 0  #: every seed is applied, 0 included; null leaves RNGs unseeded
+    output_dir: str = "."  #: set by Hydra to the run directory
+    #: resume: a checkpoint file; "last": <output_dir>/checkpoints/last.ckpt, which must exist;
+    #: "auto": that file when it exists, else a fresh start (for jobs that are requeued into the same
+    #: directory); null: a fresh start. Give the old run's directory with hydra.run.dir=<dir>.
+    ckpt_path: Optional[str] = None
+    ckpt_every_n_steps: int = 50  #: write checkpoints/last.ckpt every N optimiser steps (0: at each epoch end instead)
+    #: a NaN/inf loss or gradient: stop (raise, naming step, batch ids, lambdas) | skip the step
+    on_nonfinite: str = "stop"
+    test_after_fit: bool = True
+
+    def validate(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if is_dataclass(value) and hasattr(value, "validate"):
+                value.validate(f.name)
+        if self.seed is not None and self.seed < 0:
+            fail("seed", self.seed, "must be >= 0 or null")
+        if self.table_row is not None and self.table_row < 1:
+            fail("table_row", self.table_row, "must be >= 1 or null")
+        if self.ckpt_path not in (None, "last", "auto") and not Path(self.ckpt_path).expanduser().is_file():
+            fail("ckpt_path", self.ckpt_path, 'must be an existing checkpoint file, "last", "auto" or null')
+        if self.ckpt_path == "last" and not (Path(self.output_dir) / CHECKPOINT_DIR / LAST_CHECKPOINT).is_file():
+            fail("ckpt_path", self.ckpt_path, f"no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} in "
+                 f"output_dir={self.output_dir!r}: "
+                 "resume into the old run's directory (hydra.run.dir=<run dir>), or use ckpt_path=auto")
+        if self.ckpt_every_n_steps < 0:
+            fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at each epoch end instead)")
+        choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        groups.check_local_model(self.model)
+        if self.trainer.strategy.startswith("fsdp") and self.trainer.accelerator not in ("gpu", "cuda"):
+            # Lightning 2.x refuses FSDP without CUDA (its own ValueError, after the data and model have loaded).
+            fail("trainer.strategy", self.trainer.strategy, "FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp")
+
+
+EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention", "distractors")
+
+
+@dataclass
+class EvalTaskConfig:
+    """What ``evaluate.py`` scores: ``eval=vqa | mmneedle | pope | attention | distractors`` (conf/eval/*.yaml).
+
+    One flat group, so every task is steered with the same short keys (``eval.limit=50``); each
+    field says which tasks read it. Haystacks and probes are built from ``split``'s images (test by
+    default, never train) with a fixed seed and cached on disk, so every model sees the same samples.
+    """
+
+    task: str = "vqa"  #: vqa | mmneedle | pope | attention | distractors
+    split: str = "test"  #: the split scored (vqa) or whose images build haystacks and probes
+    limit: Optional[int] = None  #: score the first N questions / samples only (quick runs); null: all
+    batch_size: Optional[int] = None  #: generation batch; null: data.eval_batch_size
+    max_new_tokens: Optional[int] = None  #: null: data.max_new_tokens (mmneedle official: at least 8)
+    # --- vqa -------------------------------------------------------------------------------
+    convention: str = "official"  #: official (VQAv2 vqaEval.py) | simple (the paper's min(n/3, 1))
+    # --- mmneedle, attention: haystacks ------------------------------------------------------
+    source: str = "easy_vqa"  #: easy_vqa (embedded; captions "a {color} {shape}") | coco (2014 val, local)
+    coco_captions: str = ""  #: source=coco: captions_val2014.json
+    coco_instances: str = ""  #: source=coco, pope: instances_val2014.json
+    coco_images: str = ""  #: source=coco: the val2014 image folder
+    mode: str = "paper"  #: paper (M=1, N=2, "Top or Bottom?" then "Left or Right?") | official (MMNeedle prompt)
+    images: int = 1  #: M, stitched images per sample (official mode)
+    grid: int = 2  #: N, an N x N grid of sub-images per stitched image
+    cell_size: Optional[int] = None  #: side of a sub-image in px; null: the model's input size / N
+    samples: int = 200  #: haystacks built; paper mode spreads them evenly over the N*N cells
+    negative_fraction: float = 0.5  #: official mode: share of samples whose caption is not in the haystack
+    haystack_seed: int = 0  #: fixes haystacks and probes; recorded in metrics.json
+    cache_dir: Optional[str] = None  #: where built haystacks and probes are kept; null: ~/.cache/diffpali
+    # --- pope --------------------------------------------------------------------------------
+    setting: str = "all"  #: random | popular | adversarial | all (the three, one after another)
+    #: images probed, the same ones in every setting; each gets equal present and absent questions
+    #: (easy_vqa: its colour and its shape, each paired with an absent one; coco: probe_objects pairs)
+    probe_images: int = 500
+    probe_objects: int = 3  #: source=coco: present objects asked per image, each paired with an absent one (POPE: 3)
+    # --- attention -------------------------------------------------------------------------
+    overlays: int = 4  #: samples drawn with their attention overlay
+    # --- distractors: drawn scenes, a target among k distractors ------------------------------
+    distractor_grids: list[int] = field(default_factory=lambda: [2, 3, 4])  #: N, cells per side
+    distractor_counts: list[int] = field(default_factory=lambda: [0, 1, 3, 7, 15])  #: k (those that fit each N, M)
+    #: hard: each distractor shares the target's colour or shape; easy: shares neither
+    distractor_kinds: list[str] = field(default_factory=lambda: ["hard", "easy"])
+    distractor_images: list[int] = field(default_factory=lambda: [1, 2])  #: M, images per sample
+    attention_samples: int = 0  #: distractors: positives per point whose target-cell attention share is measured
+
+    def validate(self, key: str = "eval") -> None:
+        choice(f"{key}.task", self.task, EVAL_TASKS)
+        choice(f"{key}.convention", self.convention, ("official", "simple"))
+        choice(f"{key}.split", self.split, ("train", "validation", "test"))
+        choice(f"{key}.source", self.source, ("easy_vqa", "coco"))
+        choice(f"{key}.mode", self.mode, ("paper", "official"))
+        choice(f"{key}.setting", self.setting, ("random", "popular", "adversarial", "all"))
+        for name in ("limit", "batch_size", "max_new_tokens", "cell_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                fail(f"{key}.{name}", value, "must be > 0 or null (the default)")
+        for name in ("images", "grid", "samples", "probe_images", "probe_objects"):
+            positive(f"{key}.{name}", getattr(self, name))
+        if self.overlays < 0:
+            fail(f"{key}.overlays", self.overlays, "must be >= 0")
+        if self.attention_samples < 0:
+            fail(f"{key}.attention_samples", self.attention_samples, "must be >= 0")
+        for name, low in (("distractor_grids", 1), ("distractor_counts", 0), ("distractor_images", 1)):
+            values = getattr(self, name)
+            if not values or any(v < low for v in values):
+                fail(f"{key}.{name}", values, f"must be a non-empty list of integers >= {low}")
+        for kind in self.distractor_kinds:
+            choice(f"{key}.distractor_kinds", kind, ("hard", "easy"))
+        if not 0.0 <= self.negative_fraction < 1.0:
+            fail(f"{key}.negative_fraction", self.negative_fraction, "must be in [0, 1)")
+        if self.task in ("mmneedle", "attention") and self.mode == "paper" and (self.images, self.grid) != (1, 2):
+            fail(f"{key}.mode", self.mode,
+                 "paper mode is M=1, N=2 (eval.images=1 eval.grid=2); use mode=official otherwise")
+        if self.task in ("mmneedle", "attention") and self.mode == "paper" and self.samples % 4:
+            fail(f"{key}.samples", self.samples, "paper mode balances the 4 cells: must be a multiple of 4")
+        if self.source == "coco":
+            needed = {"mmneedle": ("coco_captions", "coco_images"), "attention": ("coco_captions", "coco_images"),
+                      "pope": ("coco_instances", "coco_images")}.get(self.task, ())
+            for name in needed:
+                value = getattr(self, name)
+                if not value or not Path(value).expanduser().exists():
+                    fail(f"{key}.{name}", value, f"source=coco needs an existing path for eval={self.task}")
+
+
+@dataclass
+class EvaluateConfig:
+    """``python evaluate.py ckpt=<run dir | adapter dir | base>``."""
+
+    ckpt: str = "base"  #: a train.py run directory, an adapter directory, or "base" (no adapter)
+    model: groups.ModelConfig = field(default_factory=groups.ModelConfig)
+    data: groups.DataConfig = field(default_factory=groups.DataConfig)
+    eval: EvalTaskConfig = field(default_factory=EvalTaskConfig)
+    logger: groups.LoggerConfig = field(default_factory=groups.LoggerConfig)
+    seed: Optional[int] = 0
+    device: str = "auto"  #: auto | cpu | cuda
+    output_dir: str = "."
+
+    def validate(self) -> None:
+        self.model.validate("model")
+        self.data.validate("data")
+        self.eval.validate("eval")
+        self.logger.validate("logger")
+        choice("device", self.device, ("auto", "cpu", "cuda"))
+        groups.check_local_model(self.model)
+        if self.ckpt != "base" and not Path(self.ckpt).expanduser().exists():
+            fail("ckpt", self.ckpt, 'must be a run directory, an adapter directory, or "base"')
+
+
+def register_configs() -> None:
+    """Register the schemas so that Hydra type-checks every group against them."""
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
+
+
+def to_typed(cfg: DictConfig, schema: type = TrainConfig):
+    """Convert a composed config to its dataclass and run every value check.
+
+    Raises :class:`ConfigError` (naming key, value and rule) before anything heavy happens.
+    """
+    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    obj = OmegaConf.to_object(merged)
+    obj.validate()
+    return obj
+

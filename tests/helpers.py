@@ -1,0 +1,54 @@
+"""Helpers shared by tests and the scripts they run (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffpali.config import TinySpec
+
+CORPUS = [
+    "answer en what color is the shape?",
+    "answer en what shape is this?",
+    "answer en is there a red circle?",
+    "caption en",
+    "a red circle",
+    "a blue triangle",
+    "yes",
+    "no",
+    "Caption: a red circle. Where is the caption? Top or Bottom?",
+]
+
+
+def small_spec(image_size: int = 32, patch_size: int = 16, layers: int = 2) -> TinySpec:
+    """A random-init spec small enough for unit tests (a few hundred thousand parameters)."""
+    spec = TinySpec()
+    spec.vision.hidden_size, spec.vision.num_hidden_layers = 32, layers
+    spec.vision.num_attention_heads, spec.vision.intermediate_size = 2, 64
+    spec.vision.image_size, spec.vision.patch_size = image_size, patch_size
+    spec.text.hidden_size, spec.text.num_hidden_layers = 32, layers
+    spec.text.num_attention_heads, spec.text.num_key_value_heads, spec.text.head_dim = 4, 1, 16
+    spec.text.intermediate_size, spec.text.vocab_size = 64, 300
+    return spec
+
+
+def smoke_model(cache: Path) -> list[str]:
+    """A one-layer tiny spec: its key differs from the shipped base, so it is built on first use."""
+    return [
+        f"model.cache_dir={cache}",
+        "model.tiny.stage0.steps=2",
+        "model.tiny.stage0.batch_size=8",
+        "model.tiny.stage1.steps=3",
+        "model.tiny.stage1.batch_size=8",
+        "model.tiny.vision.image_size=32",
+        "model.tiny.stage1.match_layer=1",
+        "model.tiny.vision.hidden_size=32",
+        "model.tiny.vision.intermediate_size=64",
+        "model.tiny.vision.num_hidden_layers=1",
+        "model.tiny.text.hidden_size=32",
+        "model.tiny.text.intermediate_size=64",
+        "model.tiny.text.num_hidden_layers=1",
+    ]
+
+
+SMOKE_DATA = ["data.train_limit=48", "data.val_limit=16", "data.test_limit=40", "data.batch_size=8",
+              "data.eval_batch_size=16"]

@@ -25,6 +25,7 @@ guarantees"); ``failed.json`` holds the traceback, and ``HYDRA_FULL_ERROR=1`` pr
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -43,7 +44,7 @@ from .config import ConfigError, to_typed
 from .console import FILE_ONLY, configure_console, filter_known_noise, is_rank_zero
 from .files import UnreadableFileError
 from .jsonio import write_json_atomic
-from .paths import FAILED_FILE, JOB_FILE
+from .paths import FAILED_FILE, JOB_FILE, METRICS_FILE
 
 log = logging.getLogger("diffpali")
 
@@ -95,6 +96,10 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
         typed.logger.group = sweep_group(getattr(typed, "experiment_name", "sweep"), hydra_cfg.sweep.dir)
     configure_console()  # once the config is valid: it imports Lightning, which a config error need not wait for
     out = Path(getattr(typed, "output_dir", None) or hydra_cfg.runtime.output_dir)
+    done = finished_run(out, typed) if getattr(typed, "skip_if_done", False) else None
+    if done is not None:
+        log.info("%s: already completed with this very config; its metrics are kept (skip_if_done)", out)
+        return done
     record.started(out, typed)
     try:
         metrics = job(typed, run_name())
@@ -110,6 +115,20 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
         raise
     record.completed(out, typed)
     return metrics
+
+
+def finished_run(out: Path, typed: Any) -> dict[str, Any] | None:
+    """The metrics of a completed job of exactly this config in ``out``, else None."""
+    job, metrics = out / JOB_FILE, out / METRICS_FILE
+    if not (job.is_file() and metrics.is_file()):
+        return None
+    try:
+        record = json.loads(job.read_text())
+        if record.get("status") != "completed" or record.get("config") != json.loads(json.dumps(asdict(typed))):
+            return None
+        return json.loads(metrics.read_text())
+    except (OSError, ValueError):  # a damaged record: run the job again
+        return None
 
 
 def reported_errors() -> tuple[type[BaseException], ...]:

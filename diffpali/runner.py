@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from .checkpointing import (
 from .config import EvaluateConfig, TrainConfig
 from .data.collate import record_image
 from .data.datamodule import VQADataModule
+from .evals.base import EvalOutcome, write_items
 from .evals.tasks import task_runner
 from .evals.vqa import PREDICTION_COLUMNS, prediction_rows, score_summary
 from .jsonio import write_json_atomic
@@ -30,7 +31,7 @@ from .lambda_history import LambdaHistory
 from .lightning_module import DiffPaliModule
 from .loggers import finish, log_pictures, log_table, make_logger, saved_run_id
 from .model import build_model, load_adapter, load_base, save_adapter
-from .paths import ADAPTER_DIR, CHECKPOINT_DIR, METRICS_FILE, adapter_dir_of
+from .paths import ADAPTER_DIR, CHECKPOINT_DIR, EVALS_DIR, ITEMS_FILE, METRICS_FILE, adapter_dir_of
 from .progress import ConsoleProgress
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
             test_set = datamodule.datasets["test"]
             rows = [{**p, "image": record_image(test_set, p["ref"])} for p in module.test_predictions]
             log_table(logger, "test/predictions", PREDICTION_COLUMNS, prediction_rows(rows))
+    if trainer.is_global_zero and cfg.evals:
+        metrics["evals"] = evaluate_trained(cfg, module.model, processor, out, logger)
     metrics["total_seconds"] = round(time.time() - started, 1)
     if trainer.is_global_zero:
         write_json_atomic(out / METRICS_FILE, metrics)
@@ -146,6 +149,44 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
         else:
             print(f"run directory: {out}  ({contents})")
     return metrics
+
+
+def evaluate_trained(cfg: TrainConfig, model: Any, processor: Any, out: Path, logger: Any) -> dict[str, str]:
+    """``cfg.evals`` on the model just trained, each into ``<run>/evals/<name>/``, logged to the run's W&B
+    under ``<name>/``. Returns name -> its folder (relative to the run)."""
+    done: dict[str, str] = {}
+    device = str(next(model.parameters()).device)
+    for name, evaluation in cfg.evals.items():
+        if cfg.eval_limit is not None:
+            evaluation = replace(evaluation, limit=min(evaluation.limit or cfg.eval_limit, cfg.eval_limit),
+                                 attention_samples=min(evaluation.attention_samples, cfg.eval_limit))
+        folder = out / EVALS_DIR / name
+        eval_cfg = EvaluateConfig(ckpt=str(out), model=cfg.model, data=cfg.data, eval=evaluation, logger=cfg.logger,
+                                  seed=cfg.seed, output_dir=str(folder))
+        log.info("evaluation %s (%s) of the trained model", name, evaluation.task)
+        metrics, outcome = run_task(eval_cfg, model, processor, device, folder)
+        if logger is not None:
+            logger.log_metrics({f"{name}/{k}": v for k, v in metrics.items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            for key, table in outcome.tables.items():
+                log_table(logger, f"{name}/{key}", table.columns, table.rows)
+            log_pictures(logger, {f"{name}/{key}": path for key, path in outcome.pictures.items()})
+        done[name] = f"{EVALS_DIR}/{name}"
+    return done
+
+
+def run_task(cfg: EvaluateConfig, model: Any, processor: Any, device: str,
+             out: Path) -> tuple[dict[str, Any], EvalOutcome]:
+    """``cfg.eval.task`` on a loaded model: ``metrics.json`` and ``items.jsonl`` written into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    outcome = task_runner(cfg.eval.task)(cfg, model, processor, device, out)
+    metrics = {"ckpt": cfg.ckpt, "task": cfg.eval.task, "seed": cfg.seed, **outcome.metrics}
+    metrics["eval_seconds"] = round(time.time() - started, 1)
+    write_json_atomic(out / METRICS_FILE, metrics)
+    if outcome.items:
+        write_items(out / ITEMS_FILE, outcome.items)
+    return metrics, outcome
 
 
 def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
@@ -160,11 +201,7 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
     if adapter is not None:
         model = load_adapter(model, adapter)
     model.to(device)
-    started = time.time()
-    outcome = task_runner(cfg.eval.task)(cfg, model, processor, device, out)
-    metrics = {"ckpt": cfg.ckpt, "task": cfg.eval.task, "seed": cfg.seed, **outcome.metrics}
-    metrics["eval_seconds"] = round(time.time() - started, 1)
-    write_json_atomic(out / METRICS_FILE, metrics)
+    metrics, outcome = run_task(cfg, model, processor, device, out)
     logger = make_logger(cfg.logger, out, run_name, "evaluate", asdict(cfg))
     if logger is not None:
         logger.log_metrics({k: v for k, v in metrics.items()

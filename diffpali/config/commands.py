@@ -28,6 +28,7 @@ class TrainConfig:
     trainer: groups.TrainerConfig = field(default_factory=groups.TrainerConfig)
     logger: groups.LoggerConfig = field(default_factory=groups.LoggerConfig)
     experiment_name: str = "default"  #: W&B group and report row label
+    scale_name: str = "default"  #: the conf/scale option that shaped this run (each scale file sets it)
     #: Row of the paper's Table 1 this run reproduces (set by conf/experiment/table1/row*.yaml);
     #: recorded in the run's job.json, where ``python -m diffpali.report`` reads it. None: not a Table 1 run.
     table_row: Optional[int] = None
@@ -41,8 +42,19 @@ class TrainConfig:
     #: a NaN/inf loss or gradient: stop (raise, naming step, batch ids, lambdas) | skip the step
     on_nonfinite: str = "stop"
     test_after_fit: bool = True
+    #: evaluations of the trained model after the fit, by name: each an ``eval`` group (conf/eval/*.yaml
+    #: keys), written to ``<run>/evals/<name>/`` and logged to the run's W&B under ``<name>/...``
+    evals: dict[str, EvalTaskConfig] = field(default_factory=dict)
+    eval_limit: Optional[int] = None  #: cap every one of ``evals`` at its first N samples (smoke runs); null: no cap
+    #: a job whose directory already holds a completed run of this very config returns its metrics without
+    #: running again: a killed sweep started again continues where it stopped (partial runs: ckpt_path=auto)
+    skip_if_done: bool = False
 
     def validate(self) -> None:
+        for name, evaluation in self.evals.items():
+            evaluation.validate(f"evals.{name}")
+        if self.eval_limit is not None and self.eval_limit <= 0:
+            fail("eval_limit", self.eval_limit, "must be > 0 or null (no cap)")
         for f in fields(self):
             value = getattr(self, f.name)
             if is_dataclass(value) and hasattr(value, "validate"):
@@ -91,6 +103,9 @@ class EvalTaskConfig:
     coco_instances: str = ""  #: source=coco, pope: instances_val2014.json
     coco_images: str = ""  #: source=coco: the val2014 image folder
     mode: str = "paper"  #: paper (M=1, N=2, "Top or Bottom?" then "Left or Right?") | official (MMNeedle prompt)
+    #: paper mode: row_and_column (a cell counts only if both are right; chance 25%) | column_only: also report
+    #: the paper's released scorer, which graded its diff model on the column alone (chance 50%), labelled as such
+    paper_scoring: str = "row_and_column"
     images: int = 1  #: M, stitched images per sample (official mode)
     grid: int = 2  #: N, an N x N grid of sub-images per stitched image
     cell_size: Optional[int] = None  #: side of a sub-image in px; null: the model's input size / N
@@ -120,6 +135,7 @@ class EvalTaskConfig:
         choice(f"{key}.split", self.split, ("train", "validation", "test"))
         choice(f"{key}.source", self.source, ("easy_vqa", "coco"))
         choice(f"{key}.mode", self.mode, ("paper", "official"))
+        choice(f"{key}.paper_scoring", self.paper_scoring, ("row_and_column", "column_only"))
         choice(f"{key}.setting", self.setting, ("random", "popular", "adversarial", "all"))
         for name in ("limit", "batch_size", "max_new_tokens", "cell_size"):
             value = getattr(self, name)

@@ -33,6 +33,9 @@ class EvalOutcome:
     summary: str
     tables: dict[str, EvalTable] = field(default_factory=dict)
     pictures: dict[str, Path] = field(default_factory=dict)  #: W&B key -> PNG written in the run directory
+    #: metric -> one score per item (question, sample, probe) as ``(item id, score)``: what a paired
+    #: comparison of two models on the same items resamples (``diffpali.report.stats.paired_bootstrap``)
+    items: dict[str, list[tuple[Any, float]]] = field(default_factory=dict)
 
 
 #: ``task(cfg, model, processor, device, run_dir) -> EvalOutcome``
@@ -57,6 +60,23 @@ def write_replies(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with path.open("w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
+
+
+def write_items(path: Path, items: dict[str, list[tuple[Any, float]]]) -> None:
+    """``items.jsonl``: one line per scored item, ``{"metric", "id", "score"}``."""
+    write_replies(path, ({"metric": metric, "id": item, "score": float(score)}
+                         for metric, scored in items.items() for item, score in scored))
+
+
+def read_items(path: Path) -> dict[str, dict[Any, float]]:
+    """metric -> {item id: score} from an ``items.jsonl``."""
+    found: dict[str, dict[Any, float]] = {}
+    with path.open() as handle:
+        for line in handle:
+            record = json.loads(line)
+            item = tuple(record["id"]) if isinstance(record["id"], list) else record["id"]
+            found.setdefault(record["metric"], {})[item] = record["score"]
+    return found
 
 
 def pyplot() -> Any:

@@ -31,6 +31,7 @@ class VQAResult:
     by_category: dict[str, float]
     count: int
     predictions: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[tuple[int, float]] = field(default_factory=list)  #: (question id, score) of every question
 
     def as_dict(self, prefix: str = "") -> dict[str, Any]:
         """Flat metrics named as training names them (``test/vqa_accuracy_official/color``).
@@ -73,10 +74,13 @@ def score_vqa(
     was_training = model.training
     model.eval()
     kept: list[dict[str, Any]] = []
+    scores: list[tuple[int, float]] = []
     for batch in loader:
         meta = batch["meta"]
         predictions = generate_answers(model, processor, to_device(batch, device), max_new_tokens)
         metric.update(predictions, [record["answers"] for record in meta], [record["category"] for record in meta])
+        scores += [(int(record["question_id"]), vqa_accuracy(prediction, record["answers"], convention=convention))
+                   for record, prediction in zip(meta, predictions)]
         for record, prediction in zip(meta, predictions):
             if len(kept) >= keep_predictions:
                 break
@@ -98,6 +102,7 @@ def score_vqa(
         by_category={category: float(values[category]) for category in categories},
         count=int(values["count"]),
         predictions=kept,
+        scores=scores,
     )
 
 
@@ -119,7 +124,8 @@ def run_vqa(cfg: EvaluateConfig, model: Any, processor: Any, device: str, out: P
     )
     metrics = {"split": split, "convention": result.convention, **result.as_dict(f"{split}/")}
     table = EvalTable(PREDICTION_COLUMNS, prediction_rows(result.predictions))
-    return EvalOutcome(metrics, score_summary(metrics, split, cfg.data.name, out), {f"{split}/predictions": table})
+    return EvalOutcome(metrics, score_summary(metrics, split, cfg.data.name, out), {f"{split}/predictions": table},
+                       items={f"{split}/vqa_accuracy_{result.convention}": result.scores})
 
 
 def prediction_rows(predictions: list[dict[str, Any]]) -> list[list[Any]]:

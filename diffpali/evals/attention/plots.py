@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -216,7 +217,9 @@ def lambda_trajectories(runs: dict[str, dict[str, list[tuple[int, float]]]], pat
     for row, (label, history) in enumerate(runs.items()):
         for col, tower in enumerate(towers):
             ax = axes[row, col]
-            names = sorted((n for n in history if n.startswith(f"{tower}/")), key=lambda n: int(n.split("layer")[-1]))
+            # a layer's lambda ("text/layer0"), not its spread over tokens ("text/layer0/std", DIFF V2)
+            layers = {n: int(n.split("layer")[-1]) for n in history if re.fullmatch(rf"{tower}/layer\d+", n)}
+            names = sorted(layers, key=layers.get)
             for depth, name in enumerate(names):
                 steps, values = zip(*history[name])
                 ax.plot(steps, values, color=plt.cm.viridis(depth / max(1, len(names) - 1)), label=name.split("/")[1])

@@ -37,6 +37,7 @@ def run_distractors(cfg: EvaluateConfig, model: Any, processor: Any, device: str
     e = cfg.eval
     image_size = int(processor.image_processor.size["height"])
     metrics: dict[str, Any] = {}
+    items: dict[str, list[tuple[Any, float]]] = {}
     table = EvalTable(["point", "sample_id", "image", "caption", "answer", "reply", "exact"])
     for point in setting_points(cfg):
         stacks = load_or_build(DistractorSetSpec(point, e.samples, e.negative_fraction, e.haystack_seed, image_size),
@@ -48,8 +49,13 @@ def run_distractors(cfg: EvaluateConfig, model: Any, processor: Any, device: str
         replies = generate_for_examples(model, processor, [needle_example(i, p) for i, p in zip(images, prompts)],
                                         batch_size=batch_size(cfg), max_new_tokens=max_new_tokens(cfg, 8),
                                         device=device, source="distractors")
-        scores = score_official(haystacks, [parse_needle_reply(r) for r in replies], point.grid)
+        parsed = [parse_needle_reply(r) for r in replies]
+        scores = score_official(haystacks, parsed, point.grid)
         key = f"{PREFIX}/{point.name}"
+        items[f"{key}/exact"] = [(h.sample_id, float(p.kind == "cell" and p.cell == h.target))
+                                 for h, p in zip(haystacks, parsed) if h.target is not None]
+        items[f"{key}/existence"] = [(h.sample_id, float((p.kind == "absent") == (h.target is None)))
+                                     for h, p in zip(haystacks, parsed)]
         metrics.update({f"{key}/exact": scores.exact, f"{key}/existence": scores.existence,
                         f"{key}/positives": scores.positives, f"{key}/negatives": scores.negatives,
                         f"{key}/invalid": scores.invalid})
@@ -68,7 +74,7 @@ def run_distractors(cfg: EvaluateConfig, model: Any, processor: Any, device: str
                                     "prompt": cfg.data.prompt, "scoring": "official MMNeedle: index, row AND column"}
     curves = distractor_curves({"model": metrics}, out / CURVES_FILE, f"ckpt={Path(cfg.ckpt).name or cfg.ckpt}")
     return EvalOutcome(metrics, summary(metrics, setting_points(cfg), out), {f"{PREFIX}/samples": table},
-                       {f"{PREFIX}/curves": curves})
+                       {f"{PREFIX}/curves": curves}, items)
 
 
 def summary(metrics: dict[str, Any], all_points: list[DistractorPoint], out: Path) -> str:

@@ -108,8 +108,18 @@ def run_mmneedle(cfg: EvaluateConfig, model: Any, processor: Any, device: str, o
     for haystack, ims, reply in list(zip(haystacks, images, shown))[: cfg.logger.log_predictions]:
         table.rows.append([haystack.sample_id, _side_by_side(ims), haystack.caption,
                            expected_answer(haystack, eval_cfg.mode), reply, _exact(haystack, reply, eval_cfg.mode)])
-    return EvalOutcome(metrics, summary(scores, stacks, len(haystacks), out), {"mmneedle/samples": table},
-                       {"mmneedle/heatmap": heatmap})
+    items = {"mmneedle/exact": [(h.sample_id, float(_exact(h, reply, eval_cfg.mode)))
+                                for h, reply in zip(haystacks, shown) if h.target is not None]}
+    if eval_cfg.mode == "official":
+        said_absent = [parse_needle_reply(reply).kind == "absent" for reply in shown]
+        items["mmneedle/existence"] = [(h.sample_id, float(absent == (h.target is None)))
+                                       for h, absent in zip(haystacks, said_absent)]
+    else:
+        items["mmneedle/column"] = [(h.sample_id, float(_column_right(h, reply))) for h, reply in zip(haystacks, shown)]
+    if eval_cfg.mode == "paper" and eval_cfg.paper_scoring == "column_only":
+        metrics["mmneedle/paper_scorer_column_only"] = scores.column
+    return EvalOutcome(metrics, summary(scores, stacks, len(haystacks), out, eval_cfg.paper_scoring),
+                       {"mmneedle/samples": table}, {"mmneedle/heatmap": heatmap}, items)
 
 
 def expected_answer(haystack: Haystack, mode: str) -> str:
@@ -119,6 +129,12 @@ def expected_answer(haystack: Haystack, mode: str) -> str:
     if mode == "paper":
         return f"{('top', 'bottom')[row - 1]} / {('left', 'right')[col - 1]}"
     return needle_answer(index, row, col)
+
+
+def _column_right(haystack: Haystack, reply: str) -> bool:
+    """Paper mode: the Left/Right reply alone (what the paper's released scorer graded)."""
+    _, _, column = reply.partition(" / ")
+    return parse_side(column, ("left", "right")) == ("left", "right")[haystack.target[2] - 1]
 
 
 def _exact(haystack: Haystack, reply: str, mode: str) -> bool:
@@ -142,7 +158,8 @@ def _side_by_side(images: list) -> Image.Image:
     return canvas
 
 
-def summary(scores: NeedleScores, stacks: HaystackSet, count: int, out: Path) -> str:
+def summary(scores: NeedleScores, stacks: HaystackSet, count: int, out: Path,
+            paper_scoring: str = "row_and_column") -> str:
     spec = stacks.spec
     chance = 1 / (spec.images * spec.grid * spec.grid)
     head = (f"MMNeedle ({scores.mode} mode, M={spec.images}, N={spec.grid}, {count} samples from {spec.source}, "
@@ -156,6 +173,9 @@ def summary(scores: NeedleScores, stacks: HaystackSet, count: int, out: Path) ->
     else:
         parts.append(f"index {pct(scores.index)}, existence {pct(scores.existence)} "
                      f"({scores.positives} positives, {scores.negatives} negatives)")
+    if scores.mode == "paper" and paper_scoring == "column_only":
+        parts.append(f"column only {pct(scores.column)} (the paper's released scorer, which graded its diff model "
+                     "on the column alone: chance 50%; not comparable with exact)")
     cells = ", ".join(f"r{r}c{c} {pct(v)}" for (r, c), v in sorted(scores.cells.items()))
     return "\n".join([head, "  " + "; ".join(parts), f"  per needle cell: {cells}",
                       f"  unparseable replies: {scores.invalid}",

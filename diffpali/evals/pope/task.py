@@ -78,7 +78,9 @@ def run_pope(cfg: EvaluateConfig, model: Any, processor: Any, device: str, out: 
     }
     write_replies(out / REPLIES_FILE, reply_records(asked, replies))
     tables = {"pope/wrong_answers": wrong_answers(asked, replies)}
-    return EvalOutcome(metrics, summary(scores, by_kind, probe_sets, images, out), tables)
+    items = {f"pope/{setting}/accuracy": [(index, float(parse_yes_no(replies[(p.path, p.question)]) == p.truth))
+                                          for index, p in enumerate(asked[setting])] for setting in settings}
+    return EvalOutcome(metrics, summary(scores, by_kind, probe_sets, images, out), tables, items=items)
 
 
 def wrong_answers(asked: dict[str, list[Probe]], replies: dict[tuple[str, str], str]) -> EvalTable:

@@ -43,3 +43,9 @@ def test_runs_that_do_not_pair_are_refused():
         paired_bootstrap([[1, 0]], [[1, 0], [0, 1]])
     with pytest.raises(ValueError, match="same items"):
         paired_bootstrap([[1, 0, 1]], [[1, 0]])
+
+
+def test_an_interval_of_a_fraction_stays_within_zero_and_one():
+    est = mean_ci([0.0, 1.0], (0.0, 1.0))
+    assert est.low == 0.0 and est.high == 1.0 and est.mean == 0.5
+    assert mean_ci([0.0, 1.0]).low < 0  # unbounded: the plain t interval

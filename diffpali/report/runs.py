@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from ..paths import FAILED_FILE, JOB_FILE, METRICS_FILE, find_in_run
+from ..paths import EVALS_DIR, FAILED_FILE, ITEMS_FILE, JOB_FILE, METRICS_FILE, find_in_run
 from .stats import finite
 
 #: The headline score of a train.py (or evaluate.py eval=vqa) run: the official VQAv2 accuracy of the test split.
@@ -34,6 +34,16 @@ class Job:
     overrides: list[str] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     error: Optional[str] = None  #: "ErrorType: message" for a failed job
+    #: train.py's evaluations after the fit (``evals/<name>/metrics.json``), by name
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    directory: Optional[Path] = None  #: where the job lives (None for a W&B run)
+
+    def items_file(self, evaluation: str) -> Optional[Path]:
+        """The ``items.jsonl`` of one of the job's evaluations, when it was written."""
+        if self.directory is None:
+            return None
+        path = self.directory / EVALS_DIR / evaluation / ITEMS_FILE
+        return path if path.is_file() else None
 
     def get(self, dotted: str, default: Any = None) -> Any:
         node: Any = self.config
@@ -113,7 +123,9 @@ def read_job(directory: Path, root: Path) -> Job:
         status = "completed"
     _inherit_from_scored_run(config)
     rel = directory.relative_to(root).as_posix() if directory != root else "."
-    return Job(rel, status, config, overrides, metrics or {}, error)
+    evals = {path.parent.name: read_json(path) or {}
+             for path in sorted((directory / EVALS_DIR).glob(f"*/{METRICS_FILE}"))}
+    return Job(rel, status, config, overrides, metrics or {}, error, evals, directory)
 
 
 def _inherit_from_scored_run(config: dict[str, Any]) -> None:
@@ -133,7 +145,9 @@ def load_jobs(sweep_dir: str | Path) -> list[Job]:
     if not root.is_dir():
         raise FileNotFoundError(f"{sweep_dir}: not a directory")
     dirs = {p.parent for name in (JOB_FILE, METRICS_FILE, FAILED_FILE) for p in root.rglob(name)}
-    dirs = {d for d in dirs if "wandb" not in d.relative_to(root).parts}
+    # a train.py run's evaluations (<run>/evals/<name>/) belong to that run, not to the sweep
+    dirs = {d for d in dirs if "wandb" not in d.relative_to(root).parts
+            and not (d.parent.name == EVALS_DIR and (d.parent.parent / JOB_FILE).is_file())}
     return [read_job(d, root) for d in sorted(dirs, key=_natural_key)]
 
 

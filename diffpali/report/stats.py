@@ -65,8 +65,9 @@ class Estimate:
         return f"{self.mean * scale:.{digits}f} ± {half:.{digits}f} (n={self.n})"
 
 
-def mean_ci(values: Sequence[Optional[float]]) -> Estimate:
-    """Mean of the non-missing ``values`` with a t-based 95% interval."""
+def mean_ci(values: Sequence[Optional[float]], bounds: Optional[tuple[float, float]] = None) -> Estimate:
+    """Mean of the non-missing ``values`` with a t-based 95% interval, cut to ``bounds`` when the quantity
+    has them (a fraction: (0, 1)) so that no interval claims a value the quantity cannot take."""
     kept = [float(v) for v in values if v is not None and not math.isnan(v)]
     if not kept:
         return Estimate(None, None, None, 0)
@@ -75,7 +76,10 @@ def mean_ci(values: Sequence[Optional[float]]) -> Estimate:
         return Estimate(mean, None, None, len(kept))
     sd = float(np.std(kept, ddof=1))
     half = t975(len(kept) - 1) * sd / math.sqrt(len(kept))
-    return Estimate(mean, mean - half, mean + half, len(kept))
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return Estimate(mean, low, high, len(kept))
 
 
 @dataclass(frozen=True)

@@ -57,8 +57,9 @@ def distractor_curves(runs: dict[str, dict[str, Any]], path: Path, title: str = 
                 color = colors[index % len(colors)]
                 ax.plot(ks, [float("nan") if m is None else m for m in means], style, marker="o", color=color,
                         label=f"{label} ({kind})")
-                if all(line[k][1] is not None for k in ks):
-                    ax.fill_between(ks, [line[k][1] for k in ks], [line[k][2] for k in ks], color=color, alpha=0.15)
+                if all(line[k][1] is not None for k in ks):  # a t interval may pass 0 or 1: drawn inside [0, 1]
+                    ax.fill_between(ks, [max(0.0, line[k][1]) for k in ks], [min(1.0, line[k][2]) for k in ks],
+                                    color=color, alpha=0.15)
         ax.axhline(1 / (images * grid * grid), color="grey", lw=0.8, ls=":", label="chance (exact)")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xticks(counts or [0])

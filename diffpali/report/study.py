@@ -157,7 +157,9 @@ def paper_side_by_side(settings: dict[str, list[Job]]) -> str:
     """The paper's Tables 1 and 2 beside the nearest figures of this study, each difference in protocol named."""
     def ours(name: str, evaluation: str, metric: str) -> str:
         jobs = settings.get(name)
-        return mean_ci([j.evals.get(evaluation, {}).get(metric) for j in jobs], FRACTION).format(100, 1) if jobs else "—"
+        if not jobs:
+            return "—"
+        return mean_ci([j.evals.get(evaluation, {}).get(metric) for j in jobs], FRACTION).format(100, 1)
 
     lines = [
         ["Table 1 row 1: vanilla, MLP", f"{PAPER_TABLE1[1].vqav2:.2f}",

@@ -4,8 +4,8 @@
 
 Runs ``python train.py`` (tiny PaliGemma LoRA-fine-tuned on easy-vqa, CPU) in a subprocess and
 prints its phases: the shipped base's build (read from its build_info.json: the build is run once,
-by ``python -m diffpali.zoo.build``), the LoRA fine-tune and the test-split scoring, with the score
-beside the question-only baseline. Scores use the official VQAv2 convention.
+by ``python -m diffpali.basecard``), the LoRA fine-tune and the test-split scoring, with the score
+beside the question-only baseline and the base's own. Scores use the official VQAv2 convention.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ def main() -> None:
         metrics = json.loads((Path(tmp) / "metrics.json").read_text())
     key = "test/vqa_accuracy_official"
     baseline = question_only_baseline("test")
+    stages = [build.get(stage, {}) for stage in ("stage0", "stage1")]
     rows = [
-        (f"base build (shipped, {build['device']})", build["train_seconds"],
-         f"{build['spec']['pretrain_steps']} steps, once"),
+        (f"base build (shipped, {build['device']})", sum(s.get("train_seconds") or 0 for s in stages),
+         f"stage 0 {stages[0].get('steps')} + stage 1 {stages[1].get('steps')} steps, once"),
         ("LoRA fine-tune", metrics["fit_seconds"], f"{metrics['train_steps']} steps"),
         ("test scoring (generation)", metrics["test_seconds"], ""),
         ("train.py end to end", wall, "process start to exit"),
@@ -53,7 +54,9 @@ def main() -> None:
         print(f"{name:<42} {v['overall']:.3f}   {v['yes/no']:.3f}   {v['color']:.3f}  {v['shape']:.3f}")
 
     row("question-only baseline", baseline)
-    row("shipped base (before LoRA)", build["scores"]["test"])
+    base = build["benchmarks"]["vqa_test"]["scores"]
+    categories = ("yes/no", "color", "shape")
+    row("shipped base (before LoRA)", {"overall": base[key], **{c: base[f"{key}/{c}"] for c in categories}})
     fine_tuned = {c: metrics[f"{key}/{c}"] for c in ("yes/no", "color", "shape")}
     row("LoRA fine-tuned (python train.py)", {"overall": metrics[key], **fine_tuned})
 

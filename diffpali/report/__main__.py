@@ -8,7 +8,7 @@ from typing import Optional
 
 from .runs import load_jobs
 from .wandb_runs import load_wandb_jobs
-from .write import SECTIONS, write_report
+from .write import SECTIONS, log_report, write_report
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -21,6 +21,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", help="where to write the tables, jobs.csv and figures (default: the sweep dir)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs from W&B instead (online, logged in)")
     parser.add_argument("--group", help="with --wandb: only this W&B group (a sweep's group)")
+    parser.add_argument("--log-wandb", action="store_true",
+                        help="also log the tables and figures to a W&B run 'report' in the sweep's group "
+                             "(online when logged in, else offline in <out>/wandb)")
     args = parser.parse_args(argv)
     if args.wandb:
         jobs = load_wandb_jobs(args.wandb, args.group)
@@ -43,6 +46,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if f"{section.name}.md" in written:
             print(written[f"{section.name}.md"].read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
+    if args.log_wandb:
+        print(f"W&B: {log_report(written, jobs, out)}")
     return 0
 
 

@@ -6,6 +6,7 @@ A new evaluation's table is a new file in this package defining a ``SECTION``
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from . import attention, pope, study, table1, table2
@@ -40,3 +41,29 @@ def write_report(jobs: list[Job], out: str | Path, source: str,
         if section.always or any(section.has_results(job) for job in jobs):
             written.update(section.write(report))
     return written
+
+
+def log_report(written: dict[str, Path], jobs: list[Job], out: str | Path) -> str:
+    """The report's figures and CSV tables, logged to a W&B run named ``report`` in the group of the sweep's
+    jobs (the dashboard then shows the same pictures as the folder). Returns where the run went."""
+    import wandb  # deferred: only this option needs W&B
+
+    from ..config import LoggerConfig
+    from ..loggers import wandb_mode
+
+    groups = {j.get("logger.group") for j in jobs if j.get("logger.group")}
+    group = groups.pop() if len(groups) == 1 else None
+    run = wandb.init(project=(jobs[0].get("logger.project") or "diffpali"), group=group, name="report",
+                     job_type="report", dir=str(out), mode=wandb_mode(LoggerConfig()))
+    try:
+        for path in written.values():
+            if path.suffix == ".png":
+                run.log({f"report/{path.stem}": wandb.Image(str(path))})
+            elif path.suffix == ".csv":
+                with path.open() as handle:
+                    rows = list(csv.reader(handle))
+                if rows:
+                    run.log({f"report/{path.stem}": wandb.Table(columns=rows[0], data=rows[1:])})
+        return f"run {run.id} ({run.settings.mode}) in group {group}"
+    finally:
+        run.finish()

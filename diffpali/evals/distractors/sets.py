@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ...scenes import draw_scene
 from ...scenes.scene import ALL_LABELS, Label
-from ..mmneedle.haystack import MANIFEST, Haystack, HaystackSet, HaystackSpec
+from ..mmneedle.haystack import Haystack, HaystackSet, HaystackSpec, read_cached, write_cached
 
 KINDS = ("hard", "easy")
 FORMAT_VERSION = 1
@@ -142,27 +139,9 @@ def load_or_build(spec: DistractorSetSpec, cache_root: Path) -> HaystackSet:
                                  cell_size=spec.image_size // p.grid, samples=spec.samples,
                                  negative_fraction=spec.negative_fraction, seed=spec.seed)
     directory = cache_root / f"distractors-{spec.key()}"
-    manifest = directory / MANIFEST
-    if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        if data.get("spec") != json.loads(json.dumps(asdict(spec))):
-            raise ValueError(f"{manifest}: cached for {data.get('spec')}, not {asdict(spec)}; delete the folder")
-        return HaystackSet(haystack_spec, [Haystack.from_json(h) for h in data["haystacks"]], directory)
+    record = json.loads(json.dumps(asdict(spec)))  # as the manifest holds it (tuples become lists)
+    cached = read_cached(directory, record)
+    if cached is not None:
+        return HaystackSet(haystack_spec, cached, directory)
     records, images = build_samples(p, spec.samples, spec.negative_fraction, spec.seed, spec.image_size)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_root))
-    try:
-        built = HaystackSet(haystack_spec, records, staging)
-        for record, pictures in zip(records, images):
-            for picture, path in zip(pictures, built.image_paths(record)):
-                picture.save(path)
-        (staging / MANIFEST).write_text(json.dumps({"spec": asdict(spec), "format": FORMAT_VERSION,
-                                                    "haystacks": [h.to_json() for h in records]}))
-        try:
-            os.replace(staging, directory)  # another process may have finished first: keep its copy
-        except OSError:
-            if not manifest.is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return HaystackSet(haystack_spec, records, directory)
+    return write_cached(directory, record, FORMAT_VERSION, HaystackSet(haystack_spec, records, directory), images)

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from PIL import Image
 
@@ -155,33 +155,48 @@ class HaystackSet:
         return out
 
 
-def load_or_build(spec: HaystackSpec, items: Sequence[NeedleItem], cache_root: Path) -> HaystackSet:
-    """The haystacks of ``spec`` from ``cache_root/<key>``, built and written there (atomically) if absent."""
-    directory = cache_root / f"{spec.source.split(':')[0].replace('/', '_')}-{spec.key()}"
+def read_cached(directory: Path, spec_record: dict) -> Optional[list[Haystack]]:
+    """The samples cached in ``directory`` for ``spec_record`` (None when none are); another spec's are refused."""
     manifest = directory / MANIFEST
-    if manifest.is_file():
-        data = json.loads(manifest.read_text())
-        if data.get("spec") != asdict(spec):
-            raise ValueError(f"{manifest}: cached for {data.get('spec')}, not {asdict(spec)}; delete the folder")
-        return HaystackSet(spec, [Haystack.from_json(h) for h in data["haystacks"]], directory)
+    if not manifest.is_file():
+        return None
+    data = json.loads(manifest.read_text())
+    if data.get("spec") != spec_record:
+        raise ValueError(f"{manifest}: cached for {data.get('spec')}, not {spec_record}; delete the folder")
+    return [Haystack.from_json(h) for h in data["haystacks"]]
 
-    haystacks = build_haystacks(items, images=spec.images, grid=spec.grid, samples=spec.samples,
-                                negative_fraction=spec.negative_fraction, seed=spec.seed)
-    paths = {item.ref: item.path for item in items}
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=cache_root))
+
+def write_cached(directory: Path, spec_record: dict, format_version: int, built: HaystackSet,
+                 images: Iterable[list[Image.Image]]) -> HaystackSet:
+    """Write ``built``'s samples and their images (M per sample) to ``directory``, atomically: they are
+    written to a temporary sibling that is renamed, so a reader never sees half a set."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=directory.parent))
     try:
-        built = HaystackSet(spec, haystacks, staging)
-        for haystack in haystacks:
-            for image, path in zip(render(haystack, paths, spec.grid, spec.cell_size), built.image_paths(haystack)):
-                image.save(path)
-        (staging / MANIFEST).write_text(json.dumps({"spec": asdict(spec), "format": FORMAT_VERSION,
-                                                    "haystacks": [h.to_json() for h in haystacks]}))
+        staged = HaystackSet(built.spec, built.haystacks, staging)
+        for haystack, pictures in zip(built.haystacks, images):
+            for picture, path in zip(pictures, staged.image_paths(haystack)):
+                picture.save(path)
+        (staging / MANIFEST).write_text(json.dumps({"spec": spec_record, "format": format_version,
+                                                    "haystacks": [h.to_json() for h in built.haystacks]}))
         try:
             os.replace(staging, directory)  # another process may have finished first: keep its copy
         except OSError:
-            if not manifest.is_file():
+            if not (directory / MANIFEST).is_file():
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return HaystackSet(spec, haystacks, directory)
+    return HaystackSet(built.spec, built.haystacks, directory)
+
+
+def load_or_build(spec: HaystackSpec, items: Sequence[NeedleItem], cache_root: Path) -> HaystackSet:
+    """The haystacks of ``spec`` from ``cache_root/<key>``, built and written there (atomically) if absent."""
+    directory = cache_root / f"{spec.source.split(':')[0].replace('/', '_')}-{spec.key()}"
+    cached = read_cached(directory, asdict(spec))
+    if cached is not None:
+        return HaystackSet(spec, cached, directory)
+    haystacks = build_haystacks(items, images=spec.images, grid=spec.grid, samples=spec.samples,
+                                negative_fraction=spec.negative_fraction, seed=spec.seed)
+    paths = {item.ref: item.path for item in items}
+    images = (render(haystack, paths, spec.grid, spec.cell_size) for haystack in haystacks)
+    return write_cached(directory, asdict(spec), FORMAT_VERSION, HaystackSet(spec, haystacks, directory), images)

@@ -52,3 +52,21 @@ def smoke_model(cache: Path) -> list[str]:
 
 SMOKE_DATA = ["data.train_limit=48", "data.val_limit=16", "data.test_limit=40", "data.batch_size=8",
               "data.eval_batch_size=16"]
+
+
+def diff_dup_lora_model(layers: int = 2):
+    """A seeded random tiny PaliGemma with diff_dup attention and LoRA r4 (what the multi-process scripts train),
+    and its processor. Imports torch and transformers: for test scripts, not for collecting tests."""
+    import torch
+    from transformers import PaliGemmaForConditionalGeneration
+
+    from diffpali.config import AttnConfig, FfnConfig, LoraConfig
+    from diffpali.model import apply_variants, wrap_lora
+    from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer
+
+    spec = small_spec(layers=layers)
+    processor = build_processor(train_tokenizer(CORPUS, spec.text.vocab_size), spec)
+    torch.manual_seed(0)
+    model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
+    saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
+    return wrap_lora(model, LoraConfig(rank=4, alpha=8), saved), processor

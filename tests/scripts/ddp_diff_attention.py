@@ -13,31 +13,19 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import CORPUS, small_spec  # noqa: E402
+from helpers import diff_dup_lora_model  # noqa: E402
 
 from diffpali.config import (  # noqa: E402
-    AttnConfig,
-    FfnConfig,  # noqa: E402
-    LoraConfig,
     OptimConfig,
 )
 from diffpali.data.collate import PaliGemmaCollator  # noqa: E402
 from diffpali.lightning_module import DiffPaliModule  # noqa: E402
-from diffpali.model import apply_variants, wrap_lora  # noqa: E402
 from diffpali.surgery import lambda_values  # noqa: E402
-from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer  # noqa: E402
 
 
 def main(out_dir: Path) -> None:
     torch.set_num_threads(1)
-    spec = small_spec()
-    processor = build_processor(train_tokenizer(CORPUS, spec.text.vocab_size), spec)
-    torch.manual_seed(0)
-    from transformers import PaliGemmaForConditionalGeneration
-
-    model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
-    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), saved)
+    model, processor = diff_dup_lora_model()
     examples = [{"image": Image.new("RGB", (32, 32), (40 * k, 0, 200)), "prefix": "caption en",
                  "suffix": "a red circle",
                  "answers": ["a red circle"] * 10, "category": "other"} for k in range(8)]

@@ -16,14 +16,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import CORPUS, small_spec  # noqa: E402
+from helpers import diff_dup_lora_model  # noqa: E402
 
-from diffpali.config import AttnConfig, DataConfig, FfnConfig, LoraConfig, OptimConfig  # noqa: E402
+from diffpali.config import DataConfig, OptimConfig  # noqa: E402
 from diffpali.data.datamodule import VQADataModule  # noqa: E402
 from diffpali.lightning_module import DiffPaliModule  # noqa: E402
-from diffpali.model import apply_variants, wrap_lora  # noqa: E402
 from diffpali.surgery import lambda_values  # noqa: E402
-from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer  # noqa: E402
 
 GLOBAL_BATCH = 4
 VAL_RECORDS = 7  # odd on purpose: a padding sampler would score one question twice on 2 ranks
@@ -48,14 +46,7 @@ class Probe(Callback):
 
 def main(out_dir: Path, devices: int) -> None:
     torch.set_num_threads(1)
-    spec = small_spec(layers=1)
-    processor = build_processor(train_tokenizer(CORPUS, spec.text.vocab_size), spec)
-    torch.manual_seed(0)
-    from transformers import PaliGemmaForConditionalGeneration
-
-    model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
-    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), saved)
+    model, processor = diff_dup_lora_model(1)
     data = VQADataModule(DataConfig(train_limit=16, val_limit=VAL_RECORDS, test_limit=4,
                                     batch_size=GLOBAL_BATCH // devices, eval_batch_size=2, max_new_tokens=2),
                          processor, seed=0)

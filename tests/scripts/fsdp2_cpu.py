@@ -19,13 +19,11 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import CORPUS, small_spec  # noqa: E402
+from helpers import diff_dup_lora_model  # noqa: E402
 
-from diffpali.config import AttnConfig, FfnConfig, LoraConfig, OptimConfig  # noqa: E402
+from diffpali.config import OptimConfig  # noqa: E402
 from diffpali.data.collate import PaliGemmaCollator  # noqa: E402
 from diffpali.lightning_module import DiffPaliModule  # noqa: E402
-from diffpali.model import apply_variants, wrap_lora  # noqa: E402
-from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer  # noqa: E402
 
 
 class ShardedModule(DiffPaliModule):
@@ -51,14 +49,7 @@ class Losses(Callback):
 
 def main(out_dir: Path, strategy: str) -> None:
     torch.set_num_threads(1)
-    spec = small_spec(layers=1)
-    processor = build_processor(train_tokenizer(CORPUS, spec.text.vocab_size), spec)
-    torch.manual_seed(0)
-    from transformers import PaliGemmaForConditionalGeneration
-
-    model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
-    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), saved)
+    model, processor = diff_dup_lora_model(1)
     examples = [{"image": Image.new("RGB", (32, 32), (30 * k, 0, 200)), "prefix": "caption en",
                  "suffix": "a red circle",
                  "answers": ["a red circle"] * 10, "category": "other", "question_id": k} for k in range(8)]

@@ -12,11 +12,16 @@ import torch
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_diff_attention.py"
 
 
+def run_ranks(script: Path, out: Path, *args: str) -> list[dict]:
+    """Run a two-rank script into ``out`` and read what each rank saved."""
+    proc = subprocess.run([sys.executable, str(script), str(out), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_trains_diff_attention_identically_in_both_ranks(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = run_ranks(SCRIPT, tmp_path)
     assert [r["step"] for r in ranks] == [3, 3]
     assert all(r["implementation"] == "diffpali_diff_dup_separate" for r in ranks)
     # lambda trained, and identically in both ranks (its gradients were all-reduced too)
@@ -57,9 +62,7 @@ BAD_BATCH = Path(__file__).parent / "scripts" / "ddp_bad_batch.py"
 @pytest.mark.slow
 def test_a_batch_unreadable_in_one_rank_is_skipped_by_every_rank_together(tmp_path):
     """Rank 1's second batch is one unreadable image: both ranks skip that step, none waits for the other."""
-    proc = subprocess.run([sys.executable, str(BAD_BATCH), str(tmp_path)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = run_ranks(BAD_BATCH, tmp_path)
     assert [r["skipped_records"] for r in ranks] == [0, 1]
     # 4 batches each: Lightning counts 4 steps, but the second applied no update in either rank,
     # and the learning-rate schedule did not advance on it

@@ -48,8 +48,8 @@ def log_report(written: dict[str, Path], jobs: list[Job], out: str | Path) -> st
     jobs (the dashboard then shows the same pictures as the folder). Returns where the run went."""
     import wandb  # deferred: only this option needs W&B
 
-    from ..config import LoggerConfig
-    from ..loggers import wandb_mode
+    from ..config import LoggerConfig  # deferred with wandb_mode below
+    from ..loggers import wandb_mode  # deferred: the loggers module imports Lightning
 
     groups = {j.get("logger.group") for j in jobs if j.get("logger.group")}
     group = groups.pop() if len(groups) == 1 else None

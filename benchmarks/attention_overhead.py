@@ -40,6 +40,7 @@ def build_step(attn: dict, layers: int, device: str):
 
     from diffpali.config import AttnConfig, FfnConfig, LoraConfig, TinySpec
     from diffpali.data.collate import PaliGemmaCollator, model_inputs, to_device
+    from diffpali.generation import returned_cache
     from diffpali.model import apply_variants, wrap_lora
     from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer
 
@@ -74,7 +75,7 @@ def build_step(attn: dict, layers: int, device: str):
 
     with torch.no_grad():
         prefill = model(**model_inputs(batch, with_labels=False), use_cache=True)
-    layers_cached = prefill.past_key_values.layers
+    layers_cached = returned_cache(prefill).layers
     cache_bytes = sum(t.numel() * t.element_size() for layer in layers_cached for t in (layer.keys, layer.values))
     length = int(batch["input_ids"].shape[1])
     return step, length, cache_bytes / (length * batch["input_ids"].shape[0])

@@ -62,3 +62,9 @@ def generate_for_examples(
     finally:
         model.train(was_training)
     return answers
+
+
+def returned_cache(output: Any) -> Any:
+    """The KV cache a forward returned: ``output.cache`` from transformers 5.24 on, ``past_key_values``
+    before it (reading the old name on 5.24 logs a deprecation)."""
+    return output["cache"] if "cache" in output else output.past_key_values

@@ -18,6 +18,7 @@ from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 from diffpali.attention import VARIANTS, lambda_init_for, split_halves
 from diffpali.config import AttnConfig, LoraConfig
 from diffpali.data.collate import PaliGemmaCollator, model_inputs
+from diffpali.generation import returned_cache
 from diffpali.model import wrap_lora
 from diffpali.surgery import IMPLEMENTATIONS, apply_attention, attention_modules, ensure_registered
 from diffpali.zoo.tiny import build_config
@@ -376,7 +377,7 @@ def assert_cache_changes_nothing(model, processor):
 def test_generation_with_cache_matches_without(tiny_model, tiny_processor, variant):
     model = converted(tiny_model, **ALL[variant])
     cached = assert_cache_changes_nothing(model, tiny_processor)
-    cache = cached.past_key_values.layers[0]
+    cache = returned_cache(cached).layers[0]
     if variant == "diff_dup_separate":  # K2 rides in the stock cache as extra KV heads
         assert cache.keys.shape[1] == 2 * cache.values.shape[1]
     else:  # every other variant caches exactly vanilla's keys and values

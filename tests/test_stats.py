@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from diffpali.report.stats import mean_ci, paired_bootstrap
+from diffpali.report.stats import format_p, mean_ci, paired_bootstrap
+from diffpali.report.study import findings
 
 
 def test_mean_ci_is_the_t_interval():
@@ -49,3 +50,18 @@ def test_an_interval_of_a_fraction_stays_within_zero_and_one():
     est = mean_ci([0.0, 1.0], (0.0, 1.0))
     assert est.low == 0.0 and est.high == 1.0 and est.mean == 0.5
     assert mean_ci([0.0, 1.0]).low < 0  # unbounded: the plain t interval
+
+
+def test_findings_count_each_settings_figures_and_name_its_largest_gap():
+    rows = [
+        {"setting": "diff_split", "metric": "VQA", "diff": -0.10, "diff_low": -0.15, "diff_high": -0.05,
+         "p_value": 0.0},
+        {"setting": "diff_split", "metric": "POPE", "diff": 0.01, "diff_low": -0.02, "diff_high": 0.04, "p_value": 0.4},
+        {"setting": "diff_v2", "metric": "VQA", "diff": 0.02, "diff_low": 0.01, "diff_high": 0.03, "p_value": 0.01},
+        {"setting": "vanilla", "metric": "VQA", "diff": None},
+    ]
+    split, v2 = findings(rows)
+    assert split.startswith("diff_split: below vanilla on 1 of 2 figures, above on 0, no significant difference on 1")
+    assert "largest gap: VQA, -0.100 [-0.150, -0.050], p<0.0005" in split
+    assert v2.startswith("diff_v2: below vanilla on 0 of 1 figures, above on 1") and "p=0.010" in v2
+    assert format_p(0.0004, 2000) == "p<0.0005" and format_p(0.25, 2000) == "p=0.250"

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from diffpali.report.readme import END, START
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 EVALS = {"vqa", "mmneedle_paper", "mmneedle_official", "pope", "distractors", "attention"}
@@ -67,5 +69,33 @@ def test_the_report_gives_intervals_and_paired_comparisons_with_vanilla(sweep):
     assert 0.0 <= float(split[0]["ci_low"]) <= float(split[0]["mean"]) <= float(split[0]["ci_high"]) <= 1.0
     vanilla = [r for r in rows if r["setting"] == "vanilla"]
     assert vanilla and all(r["diff"] == "" for r in vanilla)  # the baseline is not compared with itself
+    sections = {part.split("\n", 1)[0]: part for part in results.split("\n## ")}
+    attention = sections["Attention on the needle (MMNeedle haystacks, the answer rows)"]
+    assert "| vanilla | 0 |" in attention and "| diff_split | 0 |" in attention  # every setting, every text layer
+    lambdas = sections["Lambda after the fine-tune"]
+    assert "| diff_split |" in lambdas and "vanilla" not in lambdas  # vanilla has no lambda
+    assert "- diff_split: below vanilla on " in sections["Findings"]
+    table1 = (sweep / "table1.md").read_text()
+    assert "none of them is a Table 1 job" in table1 and "| diff_split" not in table1  # no empty Table 1 lines
     for figure in ("distractors_exact.png", "distractors_attention.png", "lambda_trajectories.png"):
         assert (sweep / figure).stat().st_size > 0
+
+
+def test_the_report_writes_the_readme_findings_between_its_markers(sweep, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n\nintro\n\n{START}\nold text\n{END}\n\n## Next section\n")
+    proc = subprocess.run([sys.executable, "-m", "diffpali.report", str(sweep), "--out", str(tmp_path / "report"),
+                           "--readme", str(readme)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("# Project\n\nintro\n\n") and text.endswith(f"{END}\n\n## Next section\n")
+    assert "old text" not in text and "| vanilla |" in text and "| diff_split |" in text
+    assert "\n- diff_split: below vanilla on " in text and "What they do not show:" in text
+    for figure in ("distractors_exact.png", "lambda_trajectories.png"):
+        assert (tmp_path / "docs" / "study" / figure).stat().st_size > 0
+        assert f"](docs/study/{figure})" in text
+    readme.write_text("# no markers\n")
+    proc = subprocess.run([sys.executable, "-m", "diffpali.report", str(sweep), "--out", str(tmp_path / "report"),
+                           "--readme", str(readme)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "no study-findings markers" in proc.stderr
+    assert readme.read_text() == "# no markers\n"  # nothing lost

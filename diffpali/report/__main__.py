@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Optional
 
+from .readme import update_readme
 from .runs import load_jobs
 from .wandb_runs import load_wandb_jobs
 from .write import SECTIONS, log_report, write_report
@@ -24,6 +26,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--log-wandb", action="store_true",
                         help="also log the tables and figures to a W&B run 'report' in the sweep's group "
                              "(online when logged in, else offline in <out>/wandb)")
+    parser.add_argument("--readme", metavar="FILE", help="also rewrite the study-findings section of FILE (between "
+                        "its marker lines) from a study's runs, with the figures copied to --figures")
+    parser.add_argument("--figures", metavar="DIR", help="with --readme: where the figures go (default: docs/study "
+                        "beside FILE)")
     args = parser.parse_args(argv)
     if args.wandb:
         jobs = load_wandb_jobs(args.wandb, args.group)
@@ -46,6 +52,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         if f"{section.name}.md" in written:
             print(written[f"{section.name}.md"].read_text())
     print("written: " + ", ".join(str(p) for p in written.values()))
+    if args.readme:
+        try:
+            print("updated: " + update_readme(jobs, written, Path(args.readme), args.figures and Path(args.figures),
+                                              source))
+        except (OSError, ValueError) as err:
+            print(f"--readme: {err}", file=sys.stderr)
+            return 1
     if args.log_wandb:
         print(f"W&B: {log_report(written, jobs, out)}")
     return 0

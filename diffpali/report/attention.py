@@ -31,7 +31,10 @@ def attention_layers(job: Job) -> dict[int, dict[str, float]]:
 
 
 def attention_label(job: Job) -> str:
-    """What an eval=attention run measured: the base, or the scored run's attention variant, and its run."""
+    """What an eval=attention run measured: the base, or the scored (or scoring) run's attention variant, and
+    the run."""
+    if job.get("ckpt") is None and job.evals:  # a train.py run's own evaluation after its fit
+        return f"{job.metrics.get('attention/variant') or diff_attn_label(job)} ({job.path})"
     if job.get("ckpt") in (None, "base"):
         return "base"
     variant = job.metrics.get("attention/variant") or diff_attn_label(job)

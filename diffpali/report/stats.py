@@ -100,10 +100,15 @@ class Comparison:
 
     def format(self, scale: float = 1.0, digits: int = 3) -> str:
         verdict = "" if self.significant else ", no significant difference"
-        p = f"p<{1 / self.replicates:.4f}" if self.p_value <= 1 / self.replicates else f"p={self.p_value:.3f}"
+        p = format_p(self.p_value, self.replicates)
         interval = f"[{self.low * scale:+.{digits}f}, {self.high * scale:+.{digits}f}]"
         counts = f"(n={self.seeds} seeds x {self.items} items)"
         return f"{self.difference * scale:+.{digits}f} {interval}, {p}{verdict} {counts}"
+
+
+def format_p(p_value: float, replicates: int) -> str:
+    """``p=0.012``, or ``p<0.0005`` where the bootstrap's resolution (1 / replicates) is reached."""
+    return f"p<{1 / replicates:.4f}" if p_value <= 1 / replicates else f"p={p_value:.3f}"
 
 
 def paired_bootstrap(variant: Sequence[Sequence[float]], baseline: Sequence[Sequence[float]],

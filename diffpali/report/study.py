@@ -12,15 +12,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..evals.base import read_items
+from ..lambda_history import read_history
 from .format import md_table, write_csv
 from .runs import Job
 from .section import Report, Section
-from .stats import Comparison, Estimate, mean_ci, paired_bootstrap
-from .study_figures import distractor_figure, lambda_figure, setting_label
+from .stats import Comparison, Estimate, format_p, mean_ci, paired_bootstrap
+from .study_figures import distractor_figure, lambda_figure, setting_label, study_setting
 from .table1 import PAPER_TABLE1
 from .table2 import PAPER_TABLE2
 
 BASELINE = "vanilla"
+REPLICATES = 2000  #: bootstrap replicates of every paired comparison
 FRACTION = (0.0, 1.0)  #: every figure here is a fraction: no interval passes 0 or 1
 #: (evaluation, metric, label, compared with vanilla item by item)
 HEADLINES: tuple[tuple[str, str, str], ...] = (
@@ -33,15 +35,6 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("pope", "pope/popular/accuracy", "POPE popular: accuracy"),
     ("pope", "pope/adversarial/accuracy", "POPE adversarial: accuracy"),
 )
-
-
-def study_setting(job: Job) -> Optional[str]:
-    """The study setting of a job: its ``+experiment/study=<name>`` override."""
-    for item in job.overrides:
-        key, _, value = item.lstrip("+").partition("=")
-        if key == "experiment/study":
-            return value
-    return None
 
 
 def has_results(job: Job) -> bool:
@@ -76,7 +69,7 @@ def compare(jobs: list[Job], baseline: list[Job], evaluation: str, metric: str) 
         baseline_scores.append([theirs[i] for i in shared])
     if not variant_scores or not variant_scores[0]:
         return None
-    return paired_bootstrap(variant_scores, baseline_scores)
+    return paired_bootstrap(variant_scores, baseline_scores, replicates=REPLICATES)
 
 
 def cell(jobs: list[Job], baseline: list[Job], evaluation: str, metric: str, paired: bool) -> Cell:
@@ -186,17 +179,83 @@ def paper_side_by_side(settings: dict[str, list[Job]]) -> str:
 
 
 def findings(csv_rows: list[dict[str, Any]]) -> list[str]:
-    """One sentence per comparison with vanilla: significant (the 95% CI of the difference excludes 0) or not."""
-    out = []
+    """One line per setting: on how many figures it is significantly below, above or level with vanilla (the
+    95% CI of the paired difference excludes 0, or not), and its largest significant gap."""
+    by_setting: dict[str, list[dict[str, Any]]] = {}
     for row in csv_rows:
-        if row.get("diff") is None:
-            continue
-        direction = "higher" if row["diff"] > 0 else "lower"
-        verdict = (f"significantly {direction} than vanilla" if row["diff_low"] > 0 or row["diff_high"] < 0
-                   else "no significant difference from vanilla")
-        out.append(f"{row['setting']}, {row['metric']}: {verdict} ({row['diff']:+.3f} "
-                   f"[{row['diff_low']:+.3f}, {row['diff_high']:+.3f}], p={row['p_value']:.3g}).")
+        if row.get("diff") is not None:
+            by_setting.setdefault(row["setting"], []).append(row)
+    out = []
+    for setting, rows in by_setting.items():
+        lower = [r for r in rows if r["diff_high"] < 0]
+        higher = [r for r in rows if r["diff_low"] > 0]
+        line = (f"{setting}: below vanilla on {len(lower)} of {len(rows)} figures, above on {len(higher)}, "
+                f"no significant difference on {len(rows) - len(lower) - len(higher)}")
+        if lower or higher:
+            gap = max(lower + higher, key=lambda r: abs(r["diff"]))
+            line += (f"; largest gap: {gap['metric']}, {gap['diff']:+.3f} [{gap['diff_low']:+.3f}, "
+                     f"{gap['diff_high']:+.3f}], {format_p(gap['p_value'], REPLICATES)}")
+        out.append(line + ".")
     return out
+
+
+def attention_table(settings: dict[str, list[Job]]) -> str:
+    """Where the answer rows look on MMNeedle haystacks (``eval=attention`` after each fine-tune): per text
+    layer, the needle cell's share of the image attention and the share of all attention on the image, each
+    mean ± 95% CI over seeds (not paired: the analysis keeps no per-haystack record)."""
+    layers = sorted({int(k.split("/")[2].removeprefix("layer")) for jobs in settings.values() for j in jobs
+                     for k in j.evals.get("attention", {}) if k.startswith("attention/text/layer")})
+    lines = []
+    for name, jobs in settings.items():
+        for layer in layers:
+            prefix = f"attention/text/layer{layer}/"
+            values = [j.evals.get("attention", {}) for j in jobs]
+            needle = mean_ci([v.get(prefix + "needle_of_image") for v in values], FRACTION)
+            image = mean_ci([None if v.get(prefix + "text") is None else 1 - v[prefix + "text"] for v in values])
+            if needle.n:
+                lines.append([name, layer, needle.format(), image.format()])
+    if not lines:
+        return "no setting ran eval=attention"
+    chance = next((j.evals["attention"].get("attention/chance_needle_of_image") for jobs in settings.values()
+                   for j in jobs if "attention" in j.evals), None)
+    header = ["setting", "text layer", "needle cell / image attention" + (f" (chance {chance:.2f})" if chance else ""),
+              "image / all attention"]
+    return md_table(header, lines)
+
+
+def comparison_rows(settings: dict[str, list[Job]]) -> list[dict[str, Any]]:
+    """Every figure of every setting with its comparison with vanilla (the study.csv rows)."""
+    return headline_table(settings)[1] + distractor_table(settings)[1]
+
+
+def final_lambdas(jobs: list[Job]) -> dict[str, list[float]]:
+    """``{"text/layer0": [lambda at the last recorded step, one per run], ...}`` (V2: the mean over tokens)."""
+    finals: dict[str, list[float]] = {}
+    for job in jobs:
+        if job.directory is None:
+            continue
+        try:
+            history = read_history(job.directory)
+        except (OSError, ValueError):
+            continue
+        for key, points in history.items():
+            if key.count("/") == 1 and points:
+                finals.setdefault(key, []).append(points[-1][1])
+    return finals
+
+
+def lambda_table(settings: dict[str, list[Job]]) -> str:
+    """Each differential setting's lambda at the end of its fine-tune, per tower and layer (mean ± 95% CI over
+    seeds; DIFF V2: the mean over the last batch's tokens). Says how far training moved the retrofit."""
+    lines = []
+    for name, jobs in settings.items():
+        finals = final_lambdas(jobs)
+        if finals:
+            cells = [f"{key}: {mean_ci(values).format()}" for key, values in sorted(finals.items())]
+            lines.append([name, "; ".join(cells)])
+    if not lines:
+        return "no differential setting recorded lambda"
+    return md_table(["setting", "lambda after the fine-tune, per layer (mean ± 95% CI over seeds)"], lines)
 
 
 def write(report: Report) -> dict[str, Path]:
@@ -220,12 +279,17 @@ def write(report: Report) -> dict[str, Path]:
         f"{sum(len(j) for j in settings.values())} runs from `{report.source}`: {len(settings)} settings x seeds "
         f"{', '.join(seeds)}; each a LoRA fine-tune of the embedded base on easy-vqa, then every evaluation of the "
         f"trained model ({seconds / 60:.0f} min of jobs in all). Intervals: Student t over seeds; differences: paired "
-        "bootstrap over seeds and items (2,000 replicates), two-sided p.",
+        "bootstrap over seeds and items "
+        f"({REPLICATES:,} replicates), two-sided p.",
         "",
         "## Every evaluation", "", headline, "",
         "## Distractor scaling (drawn scenes, held out; MMNeedle's official prompt)", "", distractors, "",
+        "## Attention on the needle (MMNeedle haystacks, the answer rows)", "", attention_table(settings), "",
+        "## Lambda after the fine-tune", "", lambda_table(settings), "",
     ]
     text += [f"![{name}]({name})" for name in figures] + ["", "## Findings", ""]
+    text += ["Each setting against vanilla, over every figure above (a figure counts as different when the 95% "
+             "CI of the paired difference excludes 0):", ""]
     text += [f"- {line}" for line in findings(rows)] or ["- no comparison with vanilla (no vanilla runs)"]
     text += ["", "## The paper, side by side", "", paper_side_by_side(settings), ""]
     written["results.md"] = report.out / "results.md"

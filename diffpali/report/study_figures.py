@@ -14,8 +14,21 @@ from .runs import Job
 from .stats import mean_ci
 
 
+def study_setting(job: Job) -> Optional[str]:
+    """The study setting of a job: its ``+experiment/study=<name>`` override."""
+    for item in job.overrides:
+        key, _, value = item.lstrip("+").partition("=")
+        if key == "experiment/study":
+            return value
+    return None
+
+
 def setting_label(job: Job) -> str:
-    """``diff_dup (separate) + swiglu``: the attention variant, and the FFN when it is not the pretrained MLP."""
+    """A study job's setting name (``diff_v2_plain``: two settings may share a variant); for any other job
+    ``diff_dup (separate) + swiglu``: the attention variant, and the FFN when it is not the pretrained MLP."""
+    setting = study_setting(job)
+    if setting is not None:
+        return setting
     attn = job.get("attn") or {}
     try:
         name = variant_for({k: v for k, v in attn.items() if k in ("variant", "dup_mode")}).display_name()

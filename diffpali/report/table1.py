@@ -80,6 +80,8 @@ def table1_rows(groups: list[Group]) -> list[dict[str, Any]]:
     seen_rows = {g.table_row for g in groups if g.table_row is not None}
     missing = sorted(set(PAPER_TABLE1) - seen_rows) if seen_rows else []
     for group in groups:
+        if group.table_row is None and not group.scores and group.count("completed") == len(group.jobs):
+            continue  # no Table 1 score by design (a study job scores VQA among its evals): other sections show it
         job = group.first
         paper = PAPER_TABLE1.get(group.table_row) if group.table_row is not None else None
         mean, std, n = mean_std(group.scores)
@@ -147,6 +149,10 @@ def unfinished_section(jobs: list[Job], scored: Callable[[Job], bool]) -> str:
 def table1_markdown(report: Report) -> str:
     jobs, source = report.jobs, report.source
     rows = table1_rows(group_jobs(jobs))
+    if not rows:
+        return ("## Table 1: VQA score, ours beside the paper's\n\n"
+                f"Source: `{source}`; {_status_line(jobs)}; none of them is a Table 1 job or has "
+                f"`{METRIC}` (their results are in the other sections).\n")
     show_setting = any(r["setting"] for r in rows)
     header = ["row", "diff attn", "ffn", "lr", "LoRA r/α", "wd", "model / data", "ours (%)", "n", "paper VQAv2 (%)",
               "failed"]

@@ -40,8 +40,11 @@ def distractor_curves(runs: dict[str, dict[str, Any]], path: Path, title: str = 
     series = bands if bands is not None else {label: series_of(m, metric) for label, m in runs.items()}
     grids = sorted({g for lines in series.values() for (g, _, _) in lines}) or [2]
     image_counts = sorted({m for lines in series.values() for (_, m, _) in lines}) or [1]
-    fig, axes = plt.subplots(len(image_counts), len(grids), figsize=(4.0 * len(grids), 3.0 * len(image_counts) + 0.8),
-                             squeeze=False)
+    entries = 2 * len(series) + 1  # hard and easy per series, and chance
+    columns = min(len(grids) * 2, entries)
+    legend_inches = 0.2 * -(-entries // columns) + 0.2  # room under the panels for every legend row
+    height = 3.0 * len(image_counts) + 0.5 + legend_inches
+    fig, axes = plt.subplots(len(image_counts), len(grids), figsize=(4.0 * len(grids), height), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for (row, images), (col, grid) in ((r, c) for r in enumerate(image_counts) for c in enumerate(grids)):
         ax = axes[row][col]
@@ -69,7 +72,7 @@ def distractor_curves(runs: dict[str, dict[str, Any]], path: Path, title: str = 
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(f"{grid}x{grid} cells, {images} image(s)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 0.95))
+    fig.tight_layout(rect=(0, legend_inches / height, 1, 1 - 0.3 / height))
     return save_figure(fig, path, dpi=110)

@@ -7,7 +7,9 @@ The model has PaliGemma 3B's widths (SigLIP So400m: 1152 wide, 16 heads, 4304 ML
 depth and with a small vocabulary (the LM head is the same for every variant). Step times: all
 variants live in one process and take their steps in turn, round after round, so a slow moment of
 the machine hits every variant alike; each time is the median over ``--repeats`` rounds after one
-warm-up. Peak memory: each variant once more in a subprocess of its own. Ratios are against vanilla
+warm-up. Peak memory: each variant once more in a subprocess of its own, over one training step after a
+warm-up one (GPU: max allocated; CPU on Linux: the peak resident set, reset before the step, so the
+transient buffers of building the model do not count). Ratios are against vanilla
 from the same invocation; absolute times only mean something on a GPU. KV-cache bytes per token:
 the cache a prefill leaves, divided by the sequence length (every variant of VARIANTS, measured).
 """
@@ -81,18 +83,39 @@ def build_step(attn: dict, layers: int, device: str):
     return step, length, cache_bytes / (length * batch["input_ids"].shape[0])
 
 
-def peak_memory(attn: dict, layers: int, device: str) -> int:
-    """Peak bytes of one variant alone (GPU: max allocated; CPU: max RSS of this process)."""
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (Linux: VmHWM), so that a peak read afterwards is the step's
+    and not that of building the model (copying and perturbing weights allocates transient buffers)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def peak_memory(attn: dict, layers: int, device: str) -> tuple[int, str]:
+    """Peak bytes of one variant's training step, alone in its process, and what was measured (GPU: max
+    allocated; CPU: the step's peak resident set, or the process's whole-life max RSS where it cannot be reset)."""
     import torch
 
     step, _, _ = build_step(attn, layers, device)
     step()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        step()
+        return torch.cuda.max_memory_allocated(), "max allocated"
+    if reset_peak_rss():
+        step()
+        return peak_rss(), "step's peak RSS"
     step()
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
 
 
 def main() -> None:
@@ -103,7 +126,8 @@ def main() -> None:
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(peak_memory(json.loads(args.child), args.layers, args.device))
+        peak, measured = peak_memory(json.loads(args.child), args.layers, args.device)
+        print(json.dumps({"peak_bytes": peak, "measured": measured}))
         return
     results = {}
     for name, attn in VARIANTS.items():
@@ -113,7 +137,7 @@ def main() -> None:
             check=True, capture_output=True, text=True,
         )
         # before the parent holds any model: Linux keeps a process's max RSS across fork and exec
-        results[name] = {"peak_bytes": int(out.stdout.strip().splitlines()[-1])}
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
     steps = {name: build_step(attn, args.layers, args.device) for name, attn in VARIANTS.items()}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for round_ in range(args.repeats + 1):
@@ -127,14 +151,14 @@ def main() -> None:
         results[name]["cache_bytes_per_token"] = steps[name][2]
     del steps
     base = results["vanilla"]
-    memory = "max allocated" if args.device == "cuda" else "max RSS"
+    memory = base["measured"]
     print(f"LoRA training step, PaliGemma 3B widths, {args.layers} layer(s) per tower, batch 2, "
           f"sequence {sequence}, {args.device}, median of {args.repeats} interleaved rounds")
-    print(f"{'variant':<22}{'step s':>9}{'x vanilla':>11}{'peak MiB (' + memory + ')':>26}{'x vanilla':>11}"
+    print(f"{'variant':<22}{'step s':>9}{'x vanilla':>11}{'peak MiB (' + memory + ')':>30}{'x vanilla':>11}"
           f"{'KV cache B/token':>18}{'x vanilla':>11}")
     for name, r in results.items():
         print(f"{name:<22}{r['seconds']:>9.3f}{r['seconds'] / base['seconds']:>11.3f}"
-              f"{r['peak_bytes'] / 2**20:>26.0f}{r['peak_bytes'] / base['peak_bytes']:>11.3f}"
+              f"{r['peak_bytes'] / 2**20:>30.0f}{r['peak_bytes'] / base['peak_bytes']:>11.3f}"
               f"{r['cache_bytes_per_token']:>18.0f}{r['cache_bytes_per_token'] / base['cache_bytes_per_token']:>11.3f}")
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..evals.base import read_items
-from ..lambda_history import read_history
 from .format import md_table, write_csv
 from .runs import Job
 from .section import Report, Section
 from .stats import Comparison, Estimate, format_p, mean_ci, paired_bootstrap
-from .study_figures import distractor_figure, lambda_figure, setting_label, study_setting
+from .study_figures import distractor_figure, lambda_figure, lambda_histories, setting_label, study_setting
 from .table1 import PAPER_TABLE1
 from .table2 import PAPER_TABLE2
 
@@ -231,13 +230,7 @@ def comparison_rows(settings: dict[str, list[Job]]) -> list[dict[str, Any]]:
 def final_lambdas(jobs: list[Job]) -> dict[str, list[float]]:
     """``{"text/layer0": [lambda at the last recorded step, one per run], ...}`` (V2: the mean over tokens)."""
     finals: dict[str, list[float]] = {}
-    for job in jobs:
-        if job.directory is None:
-            continue
-        try:
-            history = read_history(job.directory)
-        except (OSError, ValueError):
-            continue
+    for history in lambda_histories(jobs):
         for key, points in history.items():
             if key.count("/") == 1 and points:
                 finals.setdefault(key, []).append(points[-1][1])

@@ -62,18 +62,25 @@ def distractor_figure(settings: dict[str, list[Job]], metric: str, path: Path) -
     return distractor_curves({}, path, title, metric=metric, bands=bands)
 
 
+def lambda_histories(jobs: list[Job]) -> list[dict[str, list[tuple[int, float]]]]:
+    """The lambda history of every run that recorded one (vanilla runs have none)."""
+    histories = []
+    for job in jobs:
+        if job.directory is None:
+            continue
+        try:
+            histories.append(read_history(job.directory))
+        except (OSError, ValueError):
+            continue
+    return histories
+
+
 def lambda_figure(settings: dict[str, list[Job]], path: Path) -> Optional[Path]:
     """Each differential setting's lambda per text layer over training steps (mean over seeds)."""
     curves: dict[str, dict[str, dict[int, list[float]]]] = {}
     for jobs in settings.values():
         label = setting_label(jobs[0])
-        for job in jobs:
-            if job.directory is None:
-                continue
-            try:
-                history = read_history(job.directory)
-            except (OSError, ValueError):
-                continue
+        for history in lambda_histories(jobs):
             for name, points in history.items():
                 if not name.startswith("text/") or name.count("/") != 1:
                     continue

@@ -2,7 +2,7 @@
 
     python -m diffpali.zoo.build --out diffpali/zoo/tiny_paligemma [--device cuda] [--set stage1.steps=4000]
 
-Deterministic for a given spec, device type and library versions: seeded initialisation, and data
+Deterministic for a given spec, device type, torch thread count and library versions: seeded initialisation, and data
 streams that are functions of (seed, step, index). Checkpoints go to a work directory every few
 hundred steps; running the same command again continues from the last one.
 """

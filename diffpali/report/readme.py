@@ -14,7 +14,8 @@ from typing import Any, Optional
 
 from .format import md_table
 from .runs import Job
-from .study import BASELINE, cell, comparison_rows, final_lambdas, findings, settings_of
+from .stats import Estimate
+from .study import final_lambdas, findings, read_study_csv, settings_of
 
 START = "<!-- study findings: written by `python -m diffpali.report <study dir> --readme README.md`; do not edit -->"
 END = "<!-- end of study findings -->"
@@ -32,22 +33,19 @@ INERT_LAMBDA = 0.02
 FIGURES = ("distractors_exact.png", "distractors_attention.png", "lambda_trajectories.png")
 
 
-def _mark(comparison: Any) -> str:
-    if comparison is None:
-        return ""
-    return " ▼" if comparison.high < 0 else " ▲" if comparison.low > 0 else ""
+def _summary_cell(row: dict[str, Any]) -> str:
+    estimate = Estimate(row["mean"], row["ci_low"], row["ci_high"], row["n"])
+    mark = "" if row["diff"] is None else " ▼" if row["diff_high"] < 0 else " ▲" if row["diff_low"] > 0 else ""
+    return estimate.format().replace(f" (n={row['n']})", "") + mark
 
 
-def summary_table(settings: dict[str, list[Job]]) -> str:
-    baseline = settings.get(BASELINE, [])
-    columns = [c for c in SUMMARY if any(c[1] in j.evals.get(c[0], {}) for jobs in settings.values() for j in jobs)]
-    lines = []
-    for name, jobs in settings.items():
-        row = [name]
-        for evaluation, metric, _ in columns:
-            result = cell(jobs, baseline, evaluation, metric, paired=True)
-            row.append(result.estimate.format().replace(f" (n={result.estimate.n})", "") + _mark(result.comparison))
-        lines.append(row)
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """The SUMMARY columns of the study.csv rows, one line per setting (in the rows' order, vanilla first)."""
+    by_figure = {(r["setting"], r["evaluation"], r["key"]): r for r in rows}
+    columns = [c for c in SUMMARY if any((r["evaluation"], r["key"]) == c[:2] for r in rows)]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    lines = [[name, *(_summary_cell(by_figure[(name, *c[:2])]) if (name, *c[:2]) in by_figure else "—"
+                      for c in columns)] for name in settings]
     return md_table(["setting", *(c[2] for c in columns)], lines)
 
 
@@ -75,7 +73,7 @@ def scope_notes(settings: dict[str, list[Job]]) -> list[str]:
     return notes
 
 
-def findings_block(settings: dict[str, list[Job]], finding_lines: list[str], figures: dict[str, str],
+def findings_block(settings: dict[str, list[Job]], rows: list[dict[str, Any]], figures: dict[str, str],
                    source: str) -> str:
     """The section's markdown: the command, a summary table, the findings, the scope, the figures."""
     runs = sum(len(j) for j in settings.values())
@@ -89,11 +87,11 @@ def findings_block(settings: dict[str, list[Job]], finding_lines: list[str], fig
         "items (the 95% CI of the difference excludes 0). Every figure, its n, the differences and their p-values: "
         "the study's `results.md`.",
         "",
-        summary_table(settings),
+        summary_table(rows),
         "",
         "What they show:",
         "",
-        *(f"- {line}" for line in finding_lines),
+        *(f"- {line}" for line in findings(rows)),
         "",
         "What they do not show:",
         "",
@@ -130,12 +128,14 @@ def replace_section(readme: Path, block: str) -> None:
 
 def update_readme(jobs: list[Job], written: dict[str, Path], readme: Path, figure_dir: Optional[Path],
                   source: str) -> str:
-    """The findings section of ``readme`` rewritten from a study's jobs; its figures copied to ``figure_dir``
-    (default ``docs/study`` beside the README). Returns what was written, for the console."""
+    """The findings section of ``readme`` rewritten from what the study's section just wrote (``study.csv``, its
+    figures, copied to ``figure_dir``, default ``docs/study`` beside the README) and from the study's runs (their
+    training and lambdas). Returns what was written, for the console."""
     settings = settings_of(jobs)
-    if not settings:
+    if not settings or "study.csv" not in written:
         raise ValueError(f"{source}: no completed study runs (python train.py -m experiment=study)")
+    rows = read_study_csv(written["study.csv"])
     figure_dir = figure_dir or readme.parent / "docs" / "study"
     figures = copy_figures(written, readme, figure_dir)
-    replace_section(readme, findings_block(settings, findings(comparison_rows(settings)), figures, source))
+    replace_section(readme, findings_block(settings, rows, figures, source))
     return f"{readme} (study findings) and {len(figures)} figures in {figure_dir}"

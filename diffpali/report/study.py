@@ -7,6 +7,7 @@ Written into the report's folder: ``results.md`` (the tables, the findings, the 
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -96,7 +97,8 @@ def headline_table(settings: dict[str, list[Job]]) -> tuple[str, list[dict[str, 
                 continue
             against = "—" if result.comparison is None else result.comparison.format()
             lines.append([label, setting_label(jobs[0]), result.estimate.format(), against])
-            csv_rows.append({"metric": label, "setting": name, "mean": result.estimate.mean,
+            csv_rows.append({"metric": label, "evaluation": evaluation, "key": metric, "setting": name,
+                             "mean": result.estimate.mean,
                              "ci_low": result.estimate.low, "ci_high": result.estimate.high, "n": result.estimate.n,
                              **_comparison_columns(result.comparison)})
     table = md_table(["metric", "setting", "mean ± 95% CI over seeds", "minus vanilla [95% CI], p (paired)"], lines)
@@ -125,7 +127,8 @@ def distractor_table(settings: dict[str, list[Job]]) -> tuple[str, list[dict[str
                             FRACTION)
             against = "—" if result.comparison is None else result.comparison.format()
             lines.append([point, setting_label(jobs[0]), result.estimate.format(), against, share.format()])
-            csv_rows.append({"metric": f"distractors {point} exact", "setting": name, "mean": result.estimate.mean,
+            csv_rows.append({"metric": f"distractors {point} exact", "evaluation": "distractors", "key": key,
+                             "setting": name, "mean": result.estimate.mean,
                              "ci_low": result.estimate.low, "ci_high": result.estimate.high,
                              "n": result.estimate.n, **_comparison_columns(result.comparison)})
     header = ["point (N, M, kind, k)", "setting", "exact ± 95% CI", "minus vanilla (paired)",
@@ -206,9 +209,9 @@ def attention_table(settings: dict[str, list[Job]]) -> str:
                      for k in j.evals.get("attention", {}) if k.startswith("attention/text/layer")})
     lines = []
     for name, jobs in settings.items():
+        values = [j.evals.get("attention", {}) for j in jobs]
         for layer in layers:
             prefix = f"attention/text/layer{layer}/"
-            values = [j.evals.get("attention", {}) for j in jobs]
             needle = mean_ci([v.get(prefix + "needle_of_image") for v in values], FRACTION)
             image = mean_ci([None if v.get(prefix + "text") is None else 1 - v[prefix + "text"] for v in values])
             if needle.n:
@@ -222,9 +225,20 @@ def attention_table(settings: dict[str, list[Job]]) -> str:
     return md_table(header, lines)
 
 
-def comparison_rows(settings: dict[str, list[Job]]) -> list[dict[str, Any]]:
-    """Every figure of every setting with its comparison with vanilla (the study.csv rows)."""
-    return headline_table(settings)[1] + distractor_table(settings)[1]
+#: study.csv: one row per figure and setting; ``evaluation`` and ``key`` locate the figure in a run's evals
+STUDY_CSV_FIELDS = ["metric", "evaluation", "key", "setting", "mean", "ci_low", "ci_high", "n", "diff", "diff_low",
+                    "diff_high", "p_value"]
+_NUMBERS = ("mean", "ci_low", "ci_high", "diff", "diff_low", "diff_high", "p_value")
+
+
+def read_study_csv(path: Path) -> list[dict[str, Any]]:
+    """The rows of a study.csv, numbers as floats (None where empty) and n as an int."""
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row.update({k: float(row[k]) if row[k] != "" else None for k in _NUMBERS})
+        row["n"] = int(row["n"])
+    return rows
 
 
 def final_lambdas(jobs: list[Job]) -> dict[str, list[float]]:
@@ -257,8 +271,7 @@ def write(report: Report) -> dict[str, Path]:
     distractors, more_rows = distractor_table(settings)
     rows += more_rows
     written = {"study.csv": report.out / "study.csv"}
-    write_csv(written["study.csv"], rows, ["metric", "setting", "mean", "ci_low", "ci_high", "n", "diff", "diff_low",
-                                           "diff_high", "p_value"])
+    write_csv(written["study.csv"], rows, STUDY_CSV_FIELDS)
     drawn = {"distractors_exact.png": distractor_figure(settings, "exact", report.out / "distractors_exact.png"),
              "distractors_attention.png": distractor_figure(settings, "needle_of_image",
                                                             report.out / "distractors_attention.png"),

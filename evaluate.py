@@ -5,10 +5,12 @@
 Every key is type-checked against ``diffpali.config.EvaluateConfig`` before anything loads.
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from diffpali.config import EvaluateConfig, register_configs
+from diffpali.config import EvaluateConfig, check_command_line, register_configs
 from diffpali.jobs import run_job
 
 register_configs()
@@ -26,4 +28,5 @@ def _evaluate(cfg: EvaluateConfig, run_name: str) -> dict:
 
 
 if __name__ == "__main__":
+    check_command_line(Path(__file__).resolve().parent / "conf", "evaluate")  # a bad key or option: one line, exit 2
     main()

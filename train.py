@@ -7,10 +7,12 @@
 Every key is type-checked against ``diffpali.config.TrainConfig`` before anything loads.
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
-from diffpali.config import TrainConfig, register_configs
+from diffpali.config import TrainConfig, check_command_line, register_configs
 from diffpali.jobs import run_job
 
 register_configs()
@@ -29,4 +31,5 @@ def _train(cfg: TrainConfig, run_name: str) -> dict:
 
 
 if __name__ == "__main__":
+    check_command_line(Path(__file__).resolve().parent / "conf", "train")  # a bad key or option: one line, exit 2
     main()

@@ -29,18 +29,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffpali.attention import VARIANTS as REGISTRY  # noqa: E402
+from diffpali.config import settings_for  # noqa: E402
 
-VARIANTS = {v.display_name(): dict(v.selects) for v in REGISTRY.values()}
+VARIANTS = {settings_for(name).info().display: name for name in REGISTRY}
 
 
-def build_step(attn: dict, layers: int, device: str):
+def build_step(attn: str, layers: int, device: str):
     """A closure running one LoRA training step of the variant; returns (step, sequence length, cache bytes per
     token)."""
     import torch
     from PIL import Image
     from transformers import PaliGemmaForConditionalGeneration
 
-    from diffpali.config import AttnConfig, FfnConfig, LoraConfig, TinySpec
+    from diffpali.config import FfnConfig, LoraConfig, TinySpec
     from diffpali.data.collate import PaliGemmaCollator, model_inputs, to_device
     from diffpali.generation import returned_cache
     from diffpali.model import apply_variants, wrap_lora
@@ -56,7 +57,7 @@ def build_step(attn: dict, layers: int, device: str):
     processor = build_processor(train_tokenizer(corpus, t.vocab_size), spec)
     torch.manual_seed(0)
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    saved = apply_variants(model, AttnConfig(**attn), FfnConfig())
+    saved = apply_variants(model, settings_for(attn), FfnConfig())
     model = wrap_lora(model, LoraConfig(rank=16, alpha=32), saved).to(device).train()
     examples = [{"image": Image.new("RGB", (224, 224), (200, 30, 30)), "prefix": corpus[0], "suffix": corpus[1]}] * 2
     batch = to_device(PaliGemmaCollator(processor, train=True)(examples), device)

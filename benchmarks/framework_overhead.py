@@ -36,13 +36,14 @@ def build(attn: str, batch_size: int, seed: int = 0) -> tuple[Any, Any, dict[str
     """(peft model, processor, one training batch) exactly as train.py builds them for the embedded default."""
     import torch
 
-    from diffpali.config import AttnConfig, DataConfig, FfnConfig, LoraConfig, ModelConfig
+    from diffpali.config import DataConfig, FfnConfig, LoraConfig, ModelConfig, attn_settings
     from diffpali.data.collate import PaliGemmaCollator
     from diffpali.data.datamodule import VQADataModule
     from diffpali.model import build_model
 
     torch.manual_seed(seed)
-    model, processor = build_model(ModelConfig(), AttnConfig(variant=attn), FfnConfig(), LoraConfig(rank=16, alpha=32))
+    model, processor = build_model(ModelConfig(), attn_settings({"variant": attn}), FfnConfig(),
+                                   LoraConfig(rank=16, alpha=32))
     data_cfg = DataConfig(train_limit=batch_size, val_limit=8, test_limit=8, batch_size=batch_size)
     data = VQADataModule(data_cfg, processor)
     data.setup("fit")
@@ -102,7 +103,7 @@ def main() -> None:
     from diffpali.config import OptimConfig
     from diffpali.console import configure_console
     from diffpali.data.datamodule import VQADataModule
-    from diffpali.lambda_history import LambdaHistory
+    from diffpali.lambda_callback import LambdaHistory
     from diffpali.lightning_module import DiffPaliModule
     from diffpali.progress import ConsoleProgress
 

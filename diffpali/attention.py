@@ -20,6 +20,7 @@ the test oracle (``docs/design.md`` walks through an example).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -27,7 +28,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from .branches import BranchedProjection, QueryWithLambda, TokenLambda, noisy_copy
-from .config import AttnConfig
+from .config import (
+    ATTN_SETTINGS,
+    AttnSettings,
+    DiffDupSettings,
+    DiffSplitSettings,
+    DiffV2Settings,
+    LambdaSettings,
+    VanillaSettings,
+    settings_from_record,
+)
 
 HEAD_NORM_EPS = 1e-5
 
@@ -38,7 +48,7 @@ Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tens
 # ---------------------------------------------------------------------------------------------
 # shared parts
 # ---------------------------------------------------------------------------------------------
-def lambda_init_for(layer_index: int, cfg: AttnConfig) -> float:
+def lambda_init_for(layer_index: int, cfg: LambdaSettings) -> float:
     """lambda_init of the layer at 0-based ``layer_index`` in its tower (eq. 4).
 
     The schedule's l is ``layer_index + cfg.layer_index_base``: base 1 gives the paper's
@@ -128,30 +138,15 @@ def split_halves(head_dim: int, like: torch.Tensor) -> tuple[torch.Tensor, torch
 class AttentionVariant:
     """Base class: a named way of computing attention from a pretrained module (see the module docstring)."""
 
-    #: attn.* config values that select this variant, e.g. {"variant": "diff_dup", "dup_mode": "separate"}
-    selects: ClassVar[dict[str, str]]
-    label: ClassVar[str]  #: Table 1's "diff attn" column
+    #: unique id (``diff_dup_separate``): what its settings' ``name()`` gives; the registered kernel's name suffix
+    name: ClassVar[str]
+    #: the settings type it reads (one option of the attn group; several classes may share one, by mode)
+    settings: ClassVar[type[AttnSettings]]
     frozen: ClassVar[tuple[str, ...]] = ()  #: regexes of frozen tensor names the variant creates
     differential: ClassVar[bool] = True
 
     @classmethod
-    def key(cls) -> str:
-        """Unique id: the selecting values joined, ``diff_dup_separate``; the registered kernel's name suffix."""
-        return "_".join(cls.selects.values())
-
-    @classmethod
-    def display_name(cls) -> str:
-        """For plots, tables and benchmarks: ``diff_dup (separate)``."""
-        variant, *modes = cls.selects.values()
-        return variant + (f" ({', '.join(modes)})" if modes else "")
-
-    @classmethod
-    def tags(cls) -> list[str]:
-        """W&B tags: ``attn=diff_dup``, ``dup_mode=separate``."""
-        return [f"{'attn' if k == 'variant' else k}={v}" for k, v in cls.selects.items()]
-
-    @classmethod
-    def attach(cls, name: str, module: nn.Module, depth: int, cfg: AttnConfig) -> list[str]:
+    def attach(cls, name: str, module: nn.Module, depth: int, cfg: Any) -> list[str]:
         """Add the variant's parts to one attention module; returns the children peft must save whole."""
         lambda_init = lambda_init_for(depth, cfg)
         device = module.v_proj.weight.device
@@ -172,12 +167,18 @@ class AttentionVariant:
         raise NotImplementedError
 
     @staticmethod
-    def combine_maps(module: nn.Module, maps: list[torch.Tensor]) -> tuple[torch.Tensor, Optional[tuple], Any]:
-        """(effective map, the two branch maps, lambda) from the maps ``attend`` computed, in call order."""
+    def combine_maps(module: nn.Module, maps: list[torch.Tensor]
+                     ) -> tuple[torch.Tensor, Optional[tuple], Optional[torch.Tensor]]:
+        """(effective map, the two branch maps, lambda) from the maps ``attend`` computed, in call order.
+
+        Maps are (batch, heads, queries, keys); lambda is (batch, heads, queries) for every variant
+        (None for vanilla), so readers need not know whether it varies by token. A scalar lambda is
+        spread in float64, where a mean over any of its entries is exactly the scalar.
+        """
         attn1, attn2 = maps
         with torch.no_grad():
             lam = float(module.diff_lambda())
-        return attn1 - lam * attn2, (attn1, attn2), lam
+        return attn1 - lam * attn2, (attn1, attn2), attn1.new_full(attn1.shape[:3], lam, dtype=torch.float64)
 
     @staticmethod
     def lambda_summary(module: nn.Module) -> dict[str, float]:
@@ -189,8 +190,8 @@ class AttentionVariant:
 class Vanilla(AttentionVariant):
     """The pretrained attention, untouched: the stock ``sdpa`` path, nothing attached."""
 
-    selects = {"variant": "vanilla"}
-    label = "no"
+    name = "vanilla"
+    settings = VanillaSettings
     differential = False
 
     @classmethod
@@ -214,8 +215,8 @@ class DiffSplit(AttentionVariant):
     is that of dim D/2: sqrt(2) times the module's.
     """
 
-    selects = {"variant": "diff_split"}
-    label = "yes (original)"
+    name = "diff_split"
+    settings = DiffSplitSettings
 
     @classmethod
     def branch_dim(cls, module):
@@ -237,8 +238,8 @@ class DiffDupShared(AttentionVariant):
     show exactly that. One SDPA call gives both (identical) maps.
     """
 
-    selects = {"variant": "diff_dup", "dup_mode": "shared"}
-    label = "yes (dup, shared)"
+    name = "diff_dup_shared"
+    settings = DiffDupSettings
 
     @staticmethod
     def kernel(module, query, key, value, mask, scaling, attend):
@@ -258,8 +259,8 @@ class DiffDupSeparate(AttentionVariant):
     ``query = [Q1; Q2]`` (2H heads) and ``key = [K1; K2]`` (2 x KV heads): K2 is cached beside K1.
     """
 
-    selects = {"variant": "diff_dup", "dup_mode": "separate"}
-    label = "yes (dup, separate)"
+    name = "diff_dup_separate"
+    settings = DiffDupSettings
     frozen = (r"\.(q_proj|k_proj)\.branch2\.(base_layer\.)?(weight|bias)$",)
 
     @classmethod
@@ -290,8 +291,8 @@ class DiffV2(AttentionVariant):
     LoRA; both sit in head i's GQA group (Gemma 2B: the single KV head; SigLIP: head i's own K, V).
     """
 
-    selects = {"variant": "diff_v2"}
-    label = "yes (V2)"
+    name = "diff_v2"
+    settings = DiffV2Settings
     frozen = (r"\.q_proj\.branch2\.(base_layer\.)?(weight|bias)$",)
 
     @classmethod
@@ -330,22 +331,40 @@ class DiffV2(AttentionVariant):
         return {"": float(lam.mean()), "std": float(lam.std()) if lam.numel() > 1 else 0.0}
 
 
-#: Every attention variant, by key. Config choices, kernel registration, the recorder, labels, W&B tags,
-#: the saved frozen tensors and the tests all read this table.
+#: Every attention variant, by name. Kernel registration, the recorder, the saved frozen tensors and the
+#: tests read this table; its settings types (``diffpali.config.ATTN_SETTINGS``) are the config's choices.
 VARIANTS: dict[str, type[AttentionVariant]] = {
-    cls.key(): cls for cls in (Vanilla, DiffSplit, DiffDupShared, DiffDupSeparate, DiffV2)
+    cls.name: cls for cls in (Vanilla, DiffSplit, DiffDupShared, DiffDupSeparate, DiffV2)
 }
 
 
-def variant_for(cfg: AttnConfig | dict[str, Any]) -> type[AttentionVariant]:
-    """The variant ``cfg`` selects: the one whose ``selects`` values all equal cfg's (exactly one).
+def check_registry() -> None:
+    """The classes and the settings agree: each class's settings are an option of the attn group that
+    names it, and each name an option can select has its class. Runs at import and on registration."""
+    for name, cls in VARIANTS.items():
+        option = cls.settings.__dataclass_fields__["variant"].default
+        if name != cls.name or ATTN_SETTINGS.get(option) is not cls.settings or name not in cls.settings.names():
+            raise TypeError(f"attention variant {name!r} ({cls.__name__}): its settings {cls.settings.__name__} "
+                            f"are not the attn option {option!r} that selects {name!r}")
+    for option, settings in ATTN_SETTINGS.items():
+        missing = [name for name in settings.names() if name not in VARIANTS]
+        if missing:
+            raise TypeError(f"attn={option} ({settings.__name__}) selects {', '.join(missing)}, "
+                            "which no attention variant class implements")
 
-    ``cfg`` may be a plain dict of attn fields (a run record); missing fields take AttnConfig's defaults.
-    """
-    if isinstance(cfg, dict):
-        cfg = AttnConfig(**{k: v for k, v in cfg.items() if k in AttnConfig.__dataclass_fields__})
-    matches = [cls for cls in VARIANTS.values() if all(getattr(cfg, k) == v for k, v in cls.selects.items())]
-    if len(matches) != 1:
-        raise ValueError(f"attn.variant={cfg.variant!r}: {len(matches)} attention variants match; choose one of "
-                         f"{', '.join(sorted({c.selects['variant'] for c in VARIANTS.values()}))}")
-    return matches[0]
+
+def register_variant(cls: type[AttentionVariant]) -> type[AttentionVariant]:
+    """Add a variant: its class here, its settings to the attn group (``conf/attn/<option>.yaml`` picks them)."""
+    ATTN_SETTINGS[cls.settings.__dataclass_fields__["variant"].default] = cls.settings
+    VARIANTS[cls.name] = cls
+    check_registry()
+    return cls
+
+
+def variant_for(cfg: AttnSettings | Mapping[str, Any]) -> type[AttentionVariant]:
+    """The variant class ``cfg`` selects; ``cfg`` may be a run's recorded attn dict (old flat records too)."""
+    settings = cfg if isinstance(cfg, AttnSettings) else settings_from_record(cfg)
+    return VARIANTS[settings.name()]
+
+
+check_registry()

@@ -133,8 +133,12 @@ def run_signature(model: Any, attn: Any, ffn: Any, lora: Any) -> dict[str, Any]:
 
 
 def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: checkpoint <a>, this run <b>`` for every key whose values differ."""
-    keys = sorted(set(saved) | set(current))
+    """``key: checkpoint <a>, this run <b>`` for every key whose values differ.
+
+    An ``attn.*`` knob this run's variant lacks is not compared: checkpoints from before per-variant
+    settings recorded every attn field, read or not (``attn.variant`` still tells variants apart).
+    """
+    keys = sorted(k for k in set(saved) | set(current) if k in current or not k.startswith("attn."))
     return [f"{k}: checkpoint {saved.get(k, '<unset>')!r}, this run {current.get(k, '<unset>')!r}"
             for k in keys if saved.get(k) != current.get(k)]
 

@@ -20,9 +20,7 @@ from torch.nn import functional as F
 from transformers import PaliGemmaForConditionalGeneration
 
 from .config import FfnConfig
-
-#: Module-name prefixes of the towers inside PaliGemmaForConditionalGeneration.
-TOWER_PREFIXES = {"vision": "model.vision_tower.", "text": "model.language_model."}
+from .towers import TOWER_TABLE
 
 
 class SiglipSwiGLU(nn.Module):
@@ -82,7 +80,7 @@ def apply_ffn(model: PaliGemmaForConditionalGeneration, cfg: FfnConfig) -> list[
 
     new_modules: list[str] = []
     for tower in cfg.towers:
-        prefix = TOWER_PREFIXES[tower]
+        prefix = TOWER_TABLE[tower].prefix
         # Collect first: replacing modules while iterating named_modules() would visit the new ones.
         mlps = [(n, m) for n, m in model.named_modules() if n.startswith(prefix)]
         if tower == "text":

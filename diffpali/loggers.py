@@ -14,8 +14,7 @@ from typing import Any
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 from PIL import Image
 
-from .attention import variant_for
-from .config import LoggerConfig
+from .config import LoggerConfig, describe
 from .console import is_rank_zero
 from .jsonio import write_json_atomic
 from .paths import WANDB_RUN_FILE
@@ -48,7 +47,7 @@ def variant_tags(config: dict[str, Any]) -> list[str]:
     tags = []
     attn = config.get("attn") or {}
     if attn.get("variant"):
-        tags += variant_for(attn).tags()
+        tags += describe(attn).tags
     if (config.get("ffn") or {}).get("variant"):
         tags.append(f"ffn={config['ffn']['variant']}")
     if (config.get("lora") or {}).get("rank") is not None:

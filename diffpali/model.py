@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
 from .attention import VARIANTS
-from .config import AttnConfig, FfnConfig, LoraConfig, ModelConfig, TinySpec
+from .config import AttnSettings, FfnConfig, LoraConfig, ModelConfig, TinySpec, settings_from_record
 from .ffn import apply_ffn
 from .files import check_files, read_json
 from .paths import (
@@ -32,14 +32,13 @@ from .paths import (
     cache_root,
 )
 from .surgery import apply_attention
+from .towers import TOWER_TABLE
 from .zoo.build import build_base
 from .zoo.tiny import spec_key
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-#: Module-name prefixes of the two towers inside PaliGemmaForConditionalGeneration.
-TOWER_PATTERNS = {"text": r"model\.language_model\.", "vision": r"model\.vision_tower\."}
 
 
 def base_remedy(directory: Path) -> str:
@@ -111,7 +110,7 @@ def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, Pali
     return model, processor
 
 
-def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnConfig, ffn: FfnConfig) -> list[str]:
+def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnSettings, ffn: FfnConfig) -> list[str]:
     """Swap in the configured attention and feed-forward variants.
 
     Returns the module names of new trainable parts that LoRA must save whole
@@ -120,7 +119,7 @@ def apply_variants(model: PaliGemmaForConditionalGeneration, attn: AttnConfig, f
     return apply_attention(model, attn) + apply_ffn(model, ffn)
 
 
-#: diff_dup (separate) turns q_proj/k_proj into a pair of projections (surgery.BranchedProjection);
+#: diff_dup (separate) turns q_proj/k_proj into a pair of projections (branches.BranchedProjection);
 #: LoRA adapts each branch, wherever the pair's name is a target.
 BRANCHES = r"(\.branch[12])?"
 
@@ -130,7 +129,7 @@ def lora_target_regex(cfg: LoraConfig) -> str:
     parts = []
     for tower in cfg.towers:
         names = cfg.text_targets if tower == "text" else cfg.vision_targets
-        parts.append(rf"{TOWER_PATTERNS[tower]}.*\.({'|'.join(map(re.escape, names))}){BRANCHES}")
+        parts.append(rf"{TOWER_TABLE[tower].pattern}.*\.({'|'.join(map(re.escape, names))}){BRANCHES}")
     if cfg.train_projector:
         parts.append(r"model\.multi_modal_projector\.linear")
     return "^(" + "|".join(parts) + ")$"
@@ -162,7 +161,7 @@ def wrap_lora(model: PaliGemmaForConditionalGeneration, cfg: LoraConfig,
 
 
 def build_model(
-    model_cfg: ModelConfig, attn: AttnConfig, ffn: FfnConfig, lora: LoraConfig
+    model_cfg: ModelConfig, attn: AttnSettings, ffn: FfnConfig, lora: LoraConfig
 ) -> tuple[PeftModel, PaliGemmaProcessor]:
     """Base model -> variants -> LoRA. The one entry point train.py and evaluate.py use."""
     model, processor = load_base(model_cfg)
@@ -208,7 +207,8 @@ def load_adapter(base: PaliGemmaForConditionalGeneration, adapter_dir: str | Pat
     variants_file = adapter_dir / VARIANTS_FILE
     if variants_file.is_file():
         saved = json.loads(variants_file.read_text())
-        apply_variants(base, AttnConfig(**saved["attn"]), FfnConfig(**saved["ffn"]))
+        # settings_from_record: an adapter saved before per-variant settings (every attn field flat) loads too
+        apply_variants(base, settings_from_record(saved["attn"]), FfnConfig(**saved["ffn"]))
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
     if (adapter_dir / VARIANT_WEIGHTS_FILE).is_file():
         frozen = load_file(str(adapter_dir / VARIANT_WEIGHTS_FILE))

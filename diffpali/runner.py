@@ -27,7 +27,7 @@ from .evals.base import EvalOutcome, write_items
 from .evals.tasks import task_runner
 from .evals.vqa import PREDICTION_COLUMNS, prediction_rows, score_summary
 from .jsonio import write_json_atomic
-from .lambda_history import LambdaHistory
+from .lambda_callback import LambdaHistory
 from .lightning_module import DiffPaliModule
 from .loggers import finish, log_pictures, log_table, make_logger, saved_run_id
 from .model import build_model, load_adapter, load_base, save_adapter

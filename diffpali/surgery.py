@@ -22,24 +22,17 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.models.gemma.modeling_gemma import GemmaAttention
-from transformers.models.siglip.modeling_siglip import SiglipAttention
 
 from .attention import VARIANTS, AttentionVariant, variant_for
-from .config import AttnConfig
+from .config import AttnSettings
+from .towers import TOWER_TABLE
 
 IMPLEMENTATION_PREFIX = "diffpali_"
-#: Per tower: module-name prefix inside PaliGemmaForConditionalGeneration, its attention class,
-#: and the sub-config key ``set_attn_implementation`` takes.
-TOWERS: dict[str, tuple[str, type[nn.Module], str]] = {
-    "text": ("model.language_model.", GemmaAttention, "text_config"),
-    "vision": ("model.vision_tower.", SiglipAttention, "vision_config"),
-}
 
 
 def implementation_name(variant: type[AttentionVariant]) -> str:
     """The name a variant's kernel is registered under (vanilla runs the stock ``sdpa``)."""
-    return "sdpa" if not variant.differential else IMPLEMENTATION_PREFIX + variant.key()
+    return "sdpa" if not variant.differential else IMPLEMENTATION_PREFIX + variant.name
 
 
 def sdpa_kernel(variant: type[AttentionVariant]) -> Callable:
@@ -52,7 +45,7 @@ def sdpa_kernel(variant: type[AttentionVariant]) -> Callable:
 
         return variant.kernel(module, query, key, value, attention_mask, scaling, attend), None
 
-    attention.__name__ = f"{variant.key()}_attention"
+    attention.__name__ = f"{variant.name}_attention"
     return attention
 
 
@@ -77,18 +70,18 @@ def ensure_registered() -> None:
 
 def attention_modules(model: nn.Module, tower: str) -> list[tuple[str, nn.Module]]:
     """(name, module) of a tower's attention modules, in depth order (bare or peft-wrapped model)."""
-    prefix, cls, _ = TOWERS[tower]
+    spec = TOWER_TABLE[tower]
     # a peft wrapper prepends "base_model.model." to the names, hence `in`, not startswith
-    found = [(n, m) for n, m in model.named_modules() if prefix in n and isinstance(m, cls)]
+    found = [(n, m) for n, m in model.named_modules() if spec.prefix in n and isinstance(m, spec.attention)]
     if not found:
         raise NotImplementedError(
-            f"attn.towers={tower}: no {cls.__name__} under '{prefix}'; diff variants support "
+            f"attn.towers={tower}: no {spec.attention_names()} under '{spec.prefix}'; diff variants support "
             "PaliGemma (Gemma text, SigLIP vision) only"
         )
     return found
 
 
-def apply_attention(model: nn.Module, cfg: AttnConfig) -> list[str]:
+def apply_attention(model: nn.Module, cfg: AttnSettings) -> list[str]:
     """Swap in the variant ``cfg`` selects on the towers in ``cfg.towers`` of a PaliGemmaForConditionalGeneration.
 
     Returns the child-module names peft must train and save whole (``modules_to_save``), e.g.
@@ -106,7 +99,7 @@ def apply_attention(model: nn.Module, cfg: AttnConfig) -> list[str]:
                 raise RuntimeError(f"{name} already has a differential attention; apply_attention runs once per model")
             saved.update(variant.attach(name, module, depth, cfg))
             module.diffpali_variant = variant
-    model.set_attn_implementation({TOWERS[tower][2]: implementation_name(variant) for tower in cfg.towers})
+    model.set_attn_implementation({TOWER_TABLE[tower].config_key: implementation_name(variant) for tower in cfg.towers})
     return sorted(saved)
 
 
@@ -118,8 +111,8 @@ def lambda_values(model: nn.Module) -> dict[str, float]:
     modules are called (peft forwards calls to the trained copy), never read attribute by attribute.
     """
     values: dict[str, float] = {}
-    for tower, (prefix, cls, _) in TOWERS.items():
-        layers = [m for n, m in model.named_modules() if prefix in n and isinstance(m, cls) and
+    for tower, spec in TOWER_TABLE.items():
+        layers = [m for n, m in model.named_modules() if spec.prefix in n and isinstance(m, spec.attention) and
                   getattr(m, "diffpali_variant", None) is not None]
         for depth, module in enumerate(layers):
             for suffix, value in module.diffpali_variant.lambda_summary(module).items():

@@ -60,7 +60,7 @@ def diff_dup_lora_model(layers: int = 2):
     import torch
     from transformers import PaliGemmaForConditionalGeneration
 
-    from diffpali.config import AttnConfig, FfnConfig, LoraConfig
+    from diffpali.config import DiffDupSettings, FfnConfig, LoraConfig
     from diffpali.model import apply_variants, wrap_lora
     from diffpali.zoo.tiny import build_config, build_processor, train_tokenizer
 
@@ -68,5 +68,5 @@ def diff_dup_lora_model(layers: int = 2):
     processor = build_processor(train_tokenizer(CORPUS, spec.text.vocab_size), spec)
     torch.manual_seed(0)
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
+    saved = apply_variants(model, DiffDupSettings(), FfnConfig())
     return wrap_lora(model, LoraConfig(rank=4, alpha=8), saved), processor

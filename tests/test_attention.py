@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import ClassVar  # module level: dataclasses recognise a ClassVar annotation by its module's names
 
 import pytest
 import torch
@@ -16,15 +17,15 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb
 
 from diffpali.attention import VARIANTS, lambda_init_for, split_halves
-from diffpali.config import AttnConfig, LoraConfig
+from diffpali.config import AttnSettings, LoraConfig, attn_settings, settings_for
 from diffpali.data.collate import PaliGemmaCollator, model_inputs
 from diffpali.generation import returned_cache
 from diffpali.model import wrap_lora
 from diffpali.surgery import IMPLEMENTATIONS, apply_attention, attention_modules, ensure_registered
 from diffpali.zoo.tiny import build_config
 
-#: Every registered variant, by key, as the attn config that selects it: the tests cover each one.
-ALL = {key: dict(variant.selects) for key, variant in VARIANTS.items()}
+#: Every registered variant, by name, as the attn values that select it: the tests cover each one.
+ALL = {name: {"variant": s.variant, **s.modes()} for name, s in ((n, settings_for(n)) for n in VARIANTS)}
 DIFF = {key: fields for key, fields in ALL.items() if VARIANTS[key].differential}
 #: The documented setting that computes exactly the pretrained attention at init.
 EXACT = dict(
@@ -38,8 +39,8 @@ EXACT = dict(
 )
 
 
-def attn(**fields) -> AttnConfig:
-    cfg = AttnConfig(**fields)
+def attn(**fields) -> AttnSettings:
+    cfg = attn_settings(fields)
     cfg.validate()
     return cfg
 
@@ -112,9 +113,9 @@ def prefix_lm_allowed(batch: dict) -> torch.Tensor:
     return ((causal | both_prefix) & keep[:, None, :])[:, None]
 
 
-def reference_attention(module, hidden, rotary, allowed, cfg: AttnConfig, depth: int) -> torch.Tensor:
+def reference_attention(module, hidden, rotary, allowed, cfg: AttnSettings, depth: int) -> torch.Tensor:
     """Each variant written out from its equations: explicit softmax maps, gathered halves, repeated KV heads."""
-    key = next(k for k, v in VARIANTS.items() if all(getattr(cfg, f) == x for f, x in v.selects.items()))
+    key = cfg.name()
     dim = module.head_dim
     second_query = key in ("diff_dup_separate", "diff_v2")
     q_proj = module.q_proj.branch1 if second_query else module.q_proj
@@ -497,48 +498,120 @@ def test_v2_pairs_share_their_group_key_and_value(tiny_model):
 
 
 # ------------------------------------------------------------------------------------------
-# 12. a new variant is one class (plus its YAML file and an oracle branch)
+# 12. a new variant is one class, one settings dataclass and one YAML file (plus an oracle branch)
 # ------------------------------------------------------------------------------------------
-def test_a_throwaway_variant_plugs_in_through_the_registry(tiny_model, tiny_processor, tiny_batch, monkeypatch):
-    """The original Differential Transformer's layout on pretrained heads: head pairs as the two branches."""
-    from omegaconf import OmegaConf
+def test_a_throwaway_variant_with_a_knob_of_its_own_plugs_in(tiny_model, tiny_processor, tiny_batch, monkeypatch,
+                                                              tmp_path, capsys):
+    """The original Differential Transformer's layout on pretrained heads: head pairs as the two branches;
+    its knob ``pair_swap`` makes head 2i+1 the first branch."""
+    import shutil
+    from dataclasses import dataclass
+    from pathlib import Path
 
-    from diffpali.attention import AttentionVariant, differential
-    from diffpali.config import TrainConfig, to_typed
+    from hydra import compose, initialize_config_dir
+
+    from diffpali.attention import AttentionVariant, differential, register_variant
+    from diffpali.config import (
+        ATTN_SETTINGS,
+        LambdaSettings,
+        TrainConfig,
+        check_command_line,
+        register_configs,
+        to_typed,
+    )
     from diffpali.evals.attention.recorder import record_attention
 
+    @dataclass
+    class DiffPairSettings(LambdaSettings):
+        variant: str = "diff_pair"  #: the option of the attn group
+        pair_swap: bool = False  #: heads 2i+1 as the first branch, 2i as the second
+        labels: ClassVar[dict[str, str]] = {"diff_pair": "yes (head pairs)"}
+
     class DiffPair(AttentionVariant):
-        selects = {"variant": "diff_pair"}
-        label = "yes (head pairs)"
+        name = "diff_pair"
+        settings = DiffPairSettings
+
+        @classmethod
+        def attach(cls, name, module, depth, cfg):
+            module.pair_swap = cfg.pair_swap  # the knob, where the kernel reads it
+            return super().attach(name, module, depth, cfg)
+
+        @staticmethod
+        def pairs(module, heads, dim):
+            """Heads 2i and 2i+1 (2i+1 first with pair_swap) as the two branches, each repeated over its pair."""
+            even, odd = heads.unflatten(dim, (-1, 2)).unbind(dim + 1)
+            first, second = (odd, even) if module.pair_swap else (even, odd)
+            return first.repeat_interleave(2, dim), second.repeat_interleave(2, dim)
 
         @staticmethod
         def kernel(module, query, key, value, mask, scaling, attend):
             out = attend(query, key, value, mask, scaling)       # (B, T, H, D)
-            first, second = out[:, :, 0::2], out[:, :, 1::2]     # heads 2i and 2i+1 as the two branches
-            return differential(module, first.repeat_interleave(2, 2), second.repeat_interleave(2, 2))
+            return differential(module, *DiffPair.pairs(module, out, 2))
 
         @staticmethod
         def combine_maps(module, maps):
-            attn = maps[0]                                       # (B, H, Tq, Tk), the one map attend made
-            pairs = [attn[:, 0::2].repeat_interleave(2, 1), attn[:, 1::2].repeat_interleave(2, 1)]
-            return AttentionVariant.combine_maps(module, pairs)
+            return AttentionVariant.combine_maps(module, list(DiffPair.pairs(module, maps[0], 1)))  # (B, H, Tq, Tk)
 
+    monkeypatch.setitem(ATTN_SETTINGS, "diff_pair", DiffPairSettings)  # undone after the test
     monkeypatch.setitem(VARIANTS, "diff_pair", DiffPair)
-    cfg = to_typed(OmegaConf.create({"attn": {"variant": "diff_pair"}}), TrainConfig)  # a valid choice now
-    assert apply_attention(tiny_model, cfg.attn) == ["diff_lambda", "diff_norm"]
-    assert tiny_model.config.text_config._attn_implementation == "diffpali_diff_pair"
-    assert_cache_changes_nothing(tiny_model, tiny_processor)
-    # the attention recorder runs the same kernel with an eager attend: same logits, and the pairs' maps
+    register_variant(DiffPair)
+    conf = tmp_path / "conf"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "conf", conf)
+    (conf / "attn" / "diff_pair.yaml").write_text("defaults:\n  - diff_pair_schema\n  - _self_\n")
+    register_configs()
+    # the config check accepts its knob, and refuses it on every other variant, naming that variant's knobs
+    check_command_line(conf, "train", ["attn=diff_pair", "attn.pair_swap=true"])
+    for option in sorted(set(ATTN_SETTINGS) - {"diff_pair"}):
+        with pytest.raises(SystemExit) as info:
+            check_command_line(conf, "train", [f"attn={option}", "attn.pair_swap=true"])
+        err = capsys.readouterr().err
+        knobs = err.split("its knobs:")[1]
+        assert info.value.code == 2 and f"attn={option} has no such knob" in err and "pair_swap" not in knobs
+    models = {}
+    for swap in (False, True):
+        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+            cfg = to_typed(compose("train", overrides=["output_dir=.", "attn=diff_pair", f"attn.pair_swap={swap}",
+                                                        "attn.towers=[text]"]),
+                           TrainConfig)
+        assert type(cfg.attn) is DiffPairSettings and cfg.attn.pair_swap is swap
+        models[swap] = copy.deepcopy(tiny_model)
+        torch.manual_seed(0)  # the same lambda and norm in both: only the knob differs
+        assert apply_attention(models[swap], cfg.attn) == ["diff_lambda", "diff_norm"]
+    model = models[True]
+    assert model.config.text_config._attn_implementation == "diffpali_diff_pair"
+    assert_cache_changes_nothing(model, tiny_processor)
+    # the knob reaches the kernel: swapping the branches changes the output (same weights: same seed)
     inputs = model_inputs(tiny_batch, with_labels=False)
     with torch.no_grad():
-        fast = tiny_model(**inputs).logits
-        with record_attention(tiny_model) as recorder:
-            recorded = tiny_model(**inputs).logits
+        fast = model(**inputs).logits
+        assert not torch.allclose(models[False](**inputs).logits, fast)
+        # the attention recorder runs the same kernel with an eager attend: same logits, the swapped pairs' maps
+        layers = {}
+        for swap, each in models.items():
+            with record_attention(each) as recorder:
+                recorded = each(**inputs).logits
+            layers[swap] = recorder.take()
     torch.testing.assert_close(recorded, fast, rtol=1e-4, atol=1e-5)
-    layers = recorder.take()
-    assert len(layers) == 2 and all(maps.branches is not None for maps in layers.values())
-    first, second = layers[0].branches
-    torch.testing.assert_close(layers[0].effective, first - layers[0].lam * second)
-    monkeypatch.delitem(VARIANTS, "diff_pair")
-    with pytest.raises(Exception, match="attn.variant='diff_pair': must be one of"):
-        to_typed(OmegaConf.create({"attn": {"variant": "diff_pair"}}), TrainConfig)
+    assert len(layers[True]) == 2 and all(maps.branches is not None for maps in layers[True].values())
+    first, second = layers[True][0].branches
+    plain_first, plain_second = layers[False][0].branches
+    # the first text layer sees the same input in both (text tower only): head 2i+1's map leads with the knob
+    assert torch.equal(first, plain_second) and torch.equal(second, plain_first)
+    torch.testing.assert_close(layers[True][0].effective, first - layers[True][0].lam[..., None].float() * second)
+
+
+def test_registry_and_settings_must_agree(monkeypatch):
+    from dataclasses import dataclass
+
+    from diffpali.attention import check_registry
+    from diffpali.config import ATTN_SETTINGS, AttnSettings
+
+    @dataclass
+    class OrphanSettings(AttnSettings):
+        variant: str = "orphan"
+        labels: ClassVar[dict[str, str]] = {"orphan": "?"}
+
+    check_registry()
+    monkeypatch.setitem(ATTN_SETTINGS, "orphan", OrphanSettings)
+    with pytest.raises(TypeError, match="attn=orphan .* selects orphan, which no attention variant class implements"):
+        check_registry()

@@ -13,7 +13,7 @@ from helpers import CORPUS, small_spec
 from PIL import Image
 
 from diffpali.attention import VARIANTS as REGISTRY
-from diffpali.config import AttnConfig, EvaluateConfig
+from diffpali.config import AttnSettings, EvaluateConfig, attn_settings, settings_for
 from diffpali.data.collate import PaliGemmaCollator, model_inputs
 from diffpali.data.grids import stitch
 from diffpali.evals.attention.layout import SampleLayout, cell_patches, sample_layout, straddling_patches
@@ -26,18 +26,18 @@ from diffpali.evals.attention.plots import (
 )
 from diffpali.evals.attention.recorder import RECORD_IMPLEMENTATION, record_attention, text_layers
 from diffpali.evals.attention.shares import ShareAccumulator, row_shares
-from diffpali.lambda_history import LambdaHistory, read_history
+from diffpali.lambda_callback import LambdaHistory
+from diffpali.lambda_history import read_history
 from diffpali.paths import LAMBDA_HISTORY_FILE
 from diffpali.report.figures import compare_overlays
 from diffpali.surgery import IMPLEMENTATIONS, apply_attention, lambda_values
 
 #: Every registered variant (DIFF V2 with lambda away from its exact-init 0, so its maps differ from vanilla's).
-VARIANTS = [AttnConfig(**v.selects) for v in REGISTRY.values()]
+VARIANTS = [settings_for(name) for name in REGISTRY]
 
 
-def _label(cfg: AttnConfig) -> str:
-    return "_".join(str(getattr(cfg, k)) for k in ("variant", "dup_mode")
-                    if k == "variant" or cfg.variant == "diff_dup")
+def _label(cfg: AttnSettings) -> str:
+    return cfg.name()
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def processor64():
     return build_processor(train_tokenizer(CORPUS, spec.text.vocab_size), spec)
 
 
-def _model(processor, attn: AttnConfig | None = None):
+def _model(processor, attn: AttnSettings | None = None):
     from transformers import PaliGemmaForConditionalGeneration
 
     from diffpali.zoo.tiny import build_config
@@ -181,7 +181,7 @@ def test_differential_shares_equal_the_closed_form(processor64):
     on the needle (branch 1) and on the distractors (branch 2), with lambda = lambda_init exactly."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    model = _model(processor64, AttnConfig(variant="diff_dup", dup_mode="separate"))
+    model = _model(processor64, attn_settings({"variant": "diff_dup", "dup_mode": "separate"}))
     module = text_layers(model)[1]
     lam_module = module.diff_lambda
     for p in (lam_module.lq1, lam_module.lk1, lam_module.lq2, lam_module.lk2):
@@ -266,16 +266,14 @@ def test_recording_keeps_the_logits_and_restores_the_fast_path(processor64, attn
     assert model.config.vision_config._attn_implementation != RECORD_IMPLEMENTATION
     for maps in layers.values():
         sums = maps.effective.sum(-1).transpose(1, 2)[valid]  # (valid queries, heads)
-        if isinstance(maps.lam, torch.Tensor):  # DIFF V2: lambda per head and query token
-            expected = (1.0 - maps.lam).transpose(1, 2)[valid]
-        else:
-            expected = torch.full_like(sums, 1.0 if maps.lam is None else 1.0 - maps.lam)
+        # lambda per head and query token for every differential variant; vanilla has none
+        expected = torch.ones_like(sums) if maps.lam is None else (1.0 - maps.lam.float()).transpose(1, 2)[valid]
         assert torch.allclose(sums, expected, atol=1e-5)
         assert (maps.lam is None) == (attn.variant == "vanilla")
 
 
 def test_the_recorder_sees_v2s_two_maps_and_its_lambda_per_token(processor64):
-    model = _model(processor64, AttnConfig(variant="diff_v2"))
+    model = _model(processor64, attn_settings({"variant": "diff_v2"}))
     with torch.no_grad():
         for module in text_layers(model):
             module.q_proj.diff_lambda.proj.weight.normal_(0, 0.5)
@@ -299,7 +297,7 @@ def test_recording_works_through_peft_and_refuses_to_nest(processor64):
     from diffpali.model import wrap_lora
 
     model = _model(processor64)
-    names = apply_attention(model, AttnConfig(variant="diff_dup", dup_mode="separate"))
+    names = apply_attention(model, attn_settings({"variant": "diff_dup", "dup_mode": "separate"}))
     peft_model = wrap_lora(model, LoraConfig(), names).eval()
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
@@ -328,7 +326,7 @@ def _not_blank(path) -> None:
 def test_lambda_history_is_recorded_during_real_training_and_drawn(processor64, tmp_path):
     import lightning as L
 
-    model = _model(processor64, AttnConfig(variant="diff_split"))
+    model = _model(processor64, attn_settings({"variant": "diff_split"}))
     batch = _batch(processor64)
 
     class Tiny(L.LightningModule):
@@ -383,7 +381,7 @@ def test_run_attention_measures_mmneedle_positives_on_a_diff_model(processor64, 
     cfg.eval.task, cfg.eval.samples, cfg.eval.limit, cfg.eval.overlays = "attention", 8, 4, 2
     cfg.eval.cache_dir, cfg.eval.batch_size = str(tmp_path / "cache"), 4
     cfg.validate()
-    model = _model(processor64, AttnConfig(variant="diff_split"))
+    model = _model(processor64, attn_settings({"variant": "diff_split"}))
     outcome = run_attention(cfg, model, processor64, "cpu", tmp_path)
     m = outcome.metrics
     assert m["attention/variant"] == "diff_split" and m["attention/samples"] == 4 and m["attention/questions"] == 8

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffpali.config import AttnConfig, FfnConfig, LoraConfig, ModelConfig
+from diffpali.config import FfnConfig, LoraConfig, ModelConfig, VanillaSettings
 from diffpali.files import UnreadableFileError
 from diffpali.model import load_base, save_adapter, wrap_lora
 from diffpali.paths import SHIPPED_TINY_DIR
@@ -52,8 +52,8 @@ def adapter_dir(tmp_path_factory) -> Path:
     lora = LoraConfig(rank=4, alpha=8)
     model = wrap_lora(model, lora)
     out = tmp_path_factory.mktemp("adapter") / "adapter"
-    save_adapter(model, out, {"model": asdict(ModelConfig()), "attn": asdict(AttnConfig()), "ffn": asdict(FfnConfig()),
-                              "lora": asdict(lora)})
+    save_adapter(model, out, {"model": asdict(ModelConfig()), "attn": asdict(VanillaSettings()),
+                              "ffn": asdict(FfnConfig()), "lora": asdict(lora)})
     return out
 
 

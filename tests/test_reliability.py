@@ -26,7 +26,15 @@ from diffpali.checkpointing import (
     remove_partial_writes,
     run_signature,
 )
-from diffpali.config import AttnConfig, DataConfig, FfnConfig, LoraConfig, ModelConfig, OptimConfig
+from diffpali.config import (
+    DataConfig,
+    DiffDupSettings,
+    FfnConfig,
+    LoraConfig,
+    ModelConfig,
+    OptimConfig,
+    VanillaSettings,
+)
 from diffpali.data.datamodule import VQADataModule
 from diffpali.data.schema import BadRecordError, check_records
 from diffpali.lightning_module import DiffPaliModule
@@ -35,7 +43,7 @@ from diffpali.nonfinite import NonFiniteError
 from diffpali.paths import LAST_CHECKPOINT
 from diffpali.surgery import lambda_values
 
-ATTN = AttnConfig(variant="diff_dup")
+ATTN = DiffDupSettings()
 LORA = LoraConfig(rank=4, alpha=8, dropout=0.1)  # dropout: the resumed run must restore the RNG too
 SIGNATURE = run_signature(ModelConfig(), ATTN, FfnConfig(), LORA)
 
@@ -135,7 +143,7 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_run(tiny_pr
 def test_a_checkpoint_for_another_model_is_refused_naming_the_fields(tiny_processor, tiny_config, tmp_path):
     module = _module(tiny_processor, tiny_config, init_seed=0)
     _fit(module, _data(tiny_processor, train_limit=4), tmp_path / "c", Recorder(), max_epochs=1)
-    other = run_signature(ModelConfig(), AttnConfig(variant="vanilla"), FfnConfig(), LoraConfig(rank=8, alpha=16))
+    other = run_signature(ModelConfig(), VanillaSettings(), FfnConfig(), LoraConfig(rank=8, alpha=16))
     with pytest.raises(CheckpointMismatchError) as info:
         check_checkpoint(tmp_path / "c" / LAST_CHECKPOINT, other)
     message = str(info.value)
@@ -258,7 +266,7 @@ def test_empty_questions_and_missing_answers_or_files_are_named(tmp_path):
     "override, message",
     [
         ("lora.alpha=0", "lora.alpha=0.0: must be > 0"),
-        ("attn.lambda_init=-0.1", "attn.lambda_init=-0.1: must be in [0, 1)"),
+        ("attn=diff_split attn.lambda_init=-0.1", "attn.lambda_init=-0.1: must be in [0, 1)"),
         ("attn.towers=[text,audio]", "attn.towers='audio': must be one of vision, text"),
         ("optim.lr=0", "optim.lr=0.0: must be > 0"),
         ("data.on_bad_record=drop", "data.on_bad_record='drop': must be one of error, skip"),

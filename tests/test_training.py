@@ -92,11 +92,11 @@ def test_learning_rate_schedule_warms_up_then_decays():
 
 
 def test_lambda_values_are_read_per_layer_through_the_peft_wrapper(tiny_model):
-    from diffpali.config import AttnConfig
+    from diffpali.config import DiffDupSettings
     from diffpali.surgery import apply_attention, lambda_values
 
     assert lambda_values(tiny_model) == {}  # vanilla has none
-    saved = apply_attention(tiny_model, AttnConfig(variant="diff_dup", lambda_std=0.0))
+    saved = apply_attention(tiny_model, DiffDupSettings(lambda_std=0.0))
     model = wrap_lora(tiny_model, LoraConfig(rank=4, alpha=8), saved)
     values = lambda_values(model)
     assert sorted(values) == ["text/layer0", "text/layer1", "vision/layer0", "vision/layer1"]

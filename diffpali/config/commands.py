@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..paths import CHECKPOINT_DIR, LAST_CHECKPOINT
 from . import groups
+from .attn import ATTN_SETTINGS, SCHEMA_SUFFIX, AttnSettings, attn_settings
+from .errors import one_line
 from .rules import choice, fail, positive
 
 
@@ -21,7 +23,8 @@ class TrainConfig:
 
     model: groups.ModelConfig = field(default_factory=groups.ModelConfig)
     data: groups.DataConfig = field(default_factory=groups.DataConfig)
-    attn: groups.AttnConfig = field(default_factory=groups.AttnConfig)
+    #: the attention variant's settings: the attn group's option picks the type (conf/attn/*.yaml)
+    attn: AttnSettings = field(default_factory=AttnSettings)
     ffn: groups.FfnConfig = field(default_factory=groups.FfnConfig)
     lora: groups.LoraConfig = field(default_factory=groups.LoraConfig)
     optim: groups.OptimConfig = field(default_factory=groups.OptimConfig)
@@ -198,15 +201,25 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="evaluate_schema", node=EvaluateConfig)
+    for name, settings in ATTN_SETTINGS.items():  # conf/attn/<name>.yaml starts from <name>_schema
+        cs.store(group="attn", name=f"{name}{SCHEMA_SUFFIX}", node=settings)
 
 
 def to_typed(cfg: DictConfig, schema: type = TrainConfig):
     """Convert a composed config to its dataclass and run every value check.
 
-    Raises :class:`ConfigError` (naming key, value and rule) before anything heavy happens.
+    Raises :class:`ConfigError` (naming key, value and rule, in one line) before anything heavy happens.
+    An ``attn`` node that no option typed (a plain dict) gets its variant's settings type here.
     """
-    merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-    obj = OmegaConf.to_object(merged)
+    try:
+        if "attn" in cfg and OmegaConf.get_type(cfg, "attn") in (dict, AttnSettings):
+            cfg = cfg.copy()
+            plain = OmegaConf.to_container(cfg.attn, resolve=True)
+            cfg.attn = OmegaConf.structured(attn_settings(plain))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+        obj = OmegaConf.to_object(merged)
+    except Exception as err:  # OmegaConf's type and key errors, in the project's one line
+        raise one_line(err) from err
     obj.validate()
     return obj
 

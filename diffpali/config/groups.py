@@ -1,5 +1,6 @@
-"""The config groups: one typed, documented dataclass per Hydra group (model, data, attn, ffn, lora,
-optim, trainer, logger), each with a ``validate`` method that names a refused key, value and rule."""
+"""The config groups: one typed, documented dataclass per Hydra group (model, data, ffn, lora, optim,
+trainer, logger; attn has one per variant, in :mod:`.attn`), each with a ``validate`` method that names
+a refused key, value and rule."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .rules import TOWERS, choice, fail, positive
+from .rules import TOWERS, check_towers, choice, fail, positive
 from .specs import STAGE1_TASKS, TinySpec
 
 
@@ -119,61 +120,9 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# method: attention, feed-forward, LoRA
+# method: feed-forward, LoRA (attention: .attn)
 # --------------------------------------------------------------------------------------------
 FFN_VARIANTS = ("mlp", "swiglu")
-
-
-@dataclass
-class AttnConfig:
-    """Attention variant applied to the pretrained model (paper section 3; docs/design.md, "Attention variants").
-
-    With ``variant=diff_dup dup_mode=separate lambda_schedule=constant lambda_init=0
-    lambda_pairs=tied branch_noise=0 head_norm=false`` the model computes exactly the pretrained
-    attention at init (lambda = 0, no norm) and still trains: lambda and both branches get gradients.
-    """
-
-    #: vanilla | diff_split (original split-QK) | diff_dup (duplicated QK, the paper's) | diff_v2 (DIFF V2):
-    #: the keys of diffpali.attention.VARIANTS
-    variant: str = "vanilla"
-    #: diff_dup only. shared: Q2,K2 are Q1,K1 (the paper, inert); separate: own copies + LoRA
-    dup_mode: str = "separate"
-    towers: list[str] = field(default_factory=lambda: list(TOWERS))  #: which towers get the variant
-    head_norm: bool = True  #: per-head RMSNorm (fp32) scaled by (1 - lambda_init)
-    lambda_schedule: str = "layer"  #: layer: 0.8 - 0.6 exp(-0.3 (l - 1)); constant: lambda_init everywhere
-    lambda_init: float = 0.8  #: the constant, for lambda_schedule=constant
-    layer_index_base: int = 1  #: index l of a tower's first layer in the schedule: 1 (paper) or 0
-    lambda_std: float = 0.1  #: init std of the lambda vectors lq1, lk1, lq2, lk2 (0: lambda = lambda_init, frozen)
-    #: independent: four independent draws (the paper); tied: lq2 = lq1 and lk2 = lk1 at init, so
-    #: lambda starts at exactly lambda_init yet has a gradient (std 0 would leave it stuck there)
-    lambda_pairs: str = "independent"
-    #: diff_dup separate, diff_v2: relative std of noise on the copied branch, breaking symmetry
-    branch_noise: float = 1e-3
-    #: diff_v2: exact (lambda's per-head gate starts at 0: the pretrained model at init, with gradients) |
-    #: plain (the authors' lambda projection: sigmoid(0) = 0.5 everywhere at init)
-    v2_lambda_init: str = "exact"
-
-    def validate(self, key: str = "attn") -> None:
-        # Deferred: the registry imports torch, and it imports this package (its classes read AttnConfig).
-        from ..attention import VARIANTS
-
-        choice(f"{key}.variant", self.variant, tuple(sorted({v.selects["variant"] for v in VARIANTS.values()})))
-        choice(f"{key}.dup_mode", self.dup_mode, tuple(sorted({v.selects["dup_mode"] for v in VARIANTS.values()
-                                                                if "dup_mode" in v.selects})))
-        choice(f"{key}.v2_lambda_init", self.v2_lambda_init, ("exact", "plain"))
-        choice(f"{key}.lambda_schedule", self.lambda_schedule, ("layer", "constant"))
-        choice(f"{key}.layer_index_base", self.layer_index_base, (0, 1))
-        choice(f"{key}.lambda_pairs", self.lambda_pairs, ("independent", "tied"))
-        if not self.towers:
-            fail(f"{key}.towers", self.towers, f"must name at least one of {', '.join(TOWERS)}")
-        for tower in self.towers:
-            choice(f"{key}.towers", tower, TOWERS)
-        if not 0.0 <= self.lambda_init < 1.0:
-            fail(f"{key}.lambda_init", self.lambda_init, "must be in [0, 1)")
-        if self.lambda_std < 0:
-            fail(f"{key}.lambda_std", self.lambda_std, "must be >= 0")
-        if self.branch_noise < 0:
-            fail(f"{key}.branch_noise", self.branch_noise, "must be >= 0")
 
 
 @dataclass
@@ -189,10 +138,7 @@ class FfnConfig:
     def validate(self, key: str = "ffn") -> None:
         choice(f"{key}.variant", self.variant, FFN_VARIANTS)
         choice(f"{key}.gate_init", self.gate_init, ("copy_fc1", "random"))
-        if not self.towers:
-            fail(f"{key}.towers", self.towers, f"must name at least one of {', '.join(TOWERS)}")
-        for tower in self.towers:
-            choice(f"{key}.towers", tower, TOWERS)
+        check_towers(f"{key}.towers", self.towers)
 
 
 @dataclass
@@ -216,10 +162,7 @@ class LoraConfig:
         positive(f"{key}.alpha", self.alpha)
         if not 0.0 <= self.dropout < 1.0:
             fail(f"{key}.dropout", self.dropout, "must be in [0, 1)")
-        if not self.towers:
-            fail(f"{key}.towers", self.towers, f"must name at least one of {', '.join(TOWERS)}")
-        for tower in self.towers:
-            choice(f"{key}.towers", tower, TOWERS)
+        check_towers(f"{key}.towers", self.towers)
         if "text" in self.towers and not self.text_targets:
             fail(f"{key}.text_targets", self.text_targets, "must not be empty when the text tower is adapted")
         if "vision" in self.towers and not self.vision_targets:

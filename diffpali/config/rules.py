@@ -28,5 +28,13 @@ def positive(key: str, value: float | int) -> None:
         fail(key, value, "must be > 0")
 
 
-#: The two towers of PaliGemma that variants and LoRA can target.
+#: The two towers of PaliGemma that variants and LoRA can target (their modules: ``diffpali.towers``).
 TOWERS = ("vision", "text")
+
+
+def check_towers(key: str, towers: list[str]) -> None:
+    """A non-empty list of known towers: the one rule every ``*.towers`` key follows."""
+    if not towers:
+        fail(key, towers, f"must name at least one of {', '.join(TOWERS)}")
+    for tower in towers:
+        choice(key, tower, TOWERS)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..attention import variant_for
+from ..config import describe
 from ..evals.attention.plots import (
     OVERLAY_DATA_FILE,
     ROW_SETS,
@@ -37,8 +37,7 @@ def run_label(directory: Path) -> str:
         return f"base ({directory.name})"
     variant = job.metrics.get("attention/variant")
     if variant is None and job.get("attn.variant") is not None:
-        attn = {k: job.get(f"attn.{k}") for k in ("variant", "dup_mode") if job.get(f"attn.{k}") is not None}
-        variant = variant_for(attn).display_name()
+        variant = describe(job.get("attn")).display
     return f"{variant or diff_attn_label(job)} ({directory.name})"
 
 

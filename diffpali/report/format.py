@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any, Optional
 
-from ..attention import variant_for
+from ..config import describe
 from .runs import Job
 
 
@@ -76,7 +76,6 @@ def diff_attn_label(job: Optional[Job]) -> str:
     if variant is None:
         return "—"
     try:
-        attn = {k: job.get(f"attn.{k}") for k in ("variant", "dup_mode") if job.get(f"attn.{k}") is not None}
-        return variant_for(attn).label
+        return describe(job.get("attn") or {"variant": variant}).label
     except ValueError:  # a variant this version does not know: its raw name
         return str(variant)

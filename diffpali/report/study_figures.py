@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from ..attention import variant_for
+from ..config import describe
 from ..evals.base import pyplot, save_figure
 from ..evals.distractors.plots import distractor_curves, series_of
 from ..lambda_history import read_history
@@ -31,7 +31,7 @@ def setting_label(job: Job) -> str:
         return setting
     attn = job.get("attn") or {}
     try:
-        name = variant_for({k: v for k, v in attn.items() if k in ("variant", "dup_mode")}).display_name()
+        name = describe(attn).display
     except ValueError:
         name = str(attn.get("variant"))
     ffn = job.get("ffn.variant")

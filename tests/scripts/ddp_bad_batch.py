@@ -19,7 +19,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from helpers import CORPUS, small_spec  # noqa: E402
 
-from diffpali.config import AttnConfig, FfnConfig, LoraConfig, OptimConfig  # noqa: E402
+from diffpali.config import FfnConfig, LoraConfig, OptimConfig, VanillaSettings  # noqa: E402
 from diffpali.data.collate import PaliGemmaCollator  # noqa: E402
 from diffpali.lightning_module import DiffPaliModule  # noqa: E402
 from diffpali.model import apply_variants, wrap_lora  # noqa: E402
@@ -36,7 +36,7 @@ def main(out_dir: Path) -> None:
     from transformers import PaliGemmaForConditionalGeneration
 
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
-    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), apply_variants(model, AttnConfig(), FfnConfig()))
+    model = wrap_lora(model, LoraConfig(rank=4, alpha=8), apply_variants(model, VanillaSettings(), FfnConfig()))
     examples = [{"image": Image.new("RGB", (32, 32), (30 * k, 0, 200)), "prefix": "caption en",
                  "suffix": "a red circle",
                  "answers": ["a red circle"] * 10, "category": "other", "question_id": k} for k in range(8)]

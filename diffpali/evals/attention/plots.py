@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..base import pyplot, save_figure
@@ -45,11 +44,11 @@ class OverlayItem:
     image: Any  #: PIL image
     caption: str
     target: tuple[int, int, int]
-    maps: list[torch.Tensor]  #: per layer, (S,) weights on this image's tokens in raster order
+    maps: list[Any]  #: per layer, (S,) weights on this image's tokens in raster order (a tensor or an array)
     image_path: str = ""  #: where the image is (the haystack cache), for redrawing from JSON
     sample_id: int = -1
     name: str = ""  #: shown above the image (e.g. the model, when several are compared)
-    prompt_maps: list[torch.Tensor] = field(default_factory=list)  #: the same for the prompt rows
+    prompt_maps: list[Any] = field(default_factory=list)  #: the same for the prompt rows
 
 
 def write_overlays(path: Path, items: Sequence[OverlayItem], grid: int) -> Path:
@@ -69,9 +68,9 @@ def read_overlays(path: Path) -> tuple[int, list[OverlayItem]]:
         with Image.open(raw["image_path"]) as im:
             image = im.convert("RGB")
         items.append(OverlayItem(image, raw["caption"], tuple(raw["target"]),
-                                 [torch.tensor(m, dtype=torch.float64) for m in raw["maps"]],
+                                 [np.asarray(m, dtype=np.float64) for m in raw["maps"]],
                                  raw["image_path"], int(raw["sample_id"]),
-                                 prompt_maps=[torch.tensor(m, dtype=torch.float64)
+                                 prompt_maps=[np.asarray(m, dtype=np.float64)
                                               for m in raw.get("prompt_maps", [])]))
     return int(data["grid"]), items
 
@@ -105,13 +104,14 @@ def overlay_figure(items: Sequence[OverlayItem], grid: int, path: Path, label: s
         width, height = item.image.size
         _, r, c = item.target
         cell_w, cell_h = width / grid, height / grid
-        panels = [(f"layer {i}", maps[i]) for i in layers] + [("mean of layers", torch.stack(maps).mean(0))]
+        arrays = [np.asarray(m, dtype=np.float64) for m in maps]  # numpy: the report draws these without torch
+        panels = [(f"layer {i}", arrays[i]) for i in layers] + [("mean of layers", np.stack(arrays).mean(0))]
         ax = axes[row, 0]
         ax.imshow(item.image)
         ax.set_title((f"{item.name}\n" if item.name else "") + f"{item.caption} (row {r}, col {c})", fontsize=7)
         for ax, (name, weights) in zip(axes[row, 1:], panels):
-            side = int(round(weights.numel() ** 0.5))
-            values = weights.reshape(side, side).double().numpy()
+            side = int(round(weights.size ** 0.5))
+            values = weights.reshape(side, side)
             ax.imshow(item.image, alpha=0.45)
             total = float(values.sum())  # the rows' share on the image at all
             if abs(total) < MIN_DRAWN_IMAGE_SHARE:

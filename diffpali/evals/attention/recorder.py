@@ -11,8 +11,8 @@ Recorded per text layer (float32, detached, on the model's device):
 - ``effective``: the map the layer applies to V. Vanilla: softmax(Q K^T s). Differential:
   softmax(Q1 K1^T s) - lambda softmax(Q2 K2^T s); its rows sum to 1 - lambda and may hold negative
   entries.
-- ``branches``: the two softmax maps of a differential layer (None for vanilla), and ``lam`` (a
-  float, or per head and query token for DIFF V2).
+- ``branches``: the two softmax maps of a differential layer (None for vanilla), and ``lam``, per
+  head and query token for every differential variant (constant over them when lambda is a scalar).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from ...attention import VARIANTS, Vanilla
-from ...surgery import IMPLEMENTATION_PREFIX, TOWERS
+from ...surgery import IMPLEMENTATION_PREFIX
+from ...towers import TOWER_TABLE
 
 #: Stock text implementations the recorder can stand in for (besides diffpali's own).
 STOCK = ("sdpa", "eager")
@@ -42,7 +43,7 @@ class LayerMaps:
 
     effective: torch.Tensor
     branches: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-    lam: Any = None  #: float; DIFF V2: (batch, heads, queries)
+    lam: Optional[torch.Tensor] = None  #: (batch, heads, queries); None for vanilla
 
 
 class AttentionRecorder:
@@ -111,7 +112,7 @@ def _recording_attention(module: nn.Module, query, key, value, attention_mask, *
     if _ACTIVE is not None:
         effective, branches, lam = variant.combine_maps(module, maps)
         _ACTIVE.store(module, LayerMaps(effective.detach(), tuple(b.detach() for b in branches) if branches else None,
-                                        lam.detach() if isinstance(lam, torch.Tensor) else lam))
+                                        lam.detach() if lam is not None else None))
     return output, None
 
 
@@ -127,8 +128,9 @@ def bare_model(model: nn.Module) -> nn.Module:
 
 def text_layers(model: nn.Module) -> list[nn.Module]:
     """The text tower's attention modules in depth order (bare or peft-wrapped model)."""
-    prefix, cls, _ = TOWERS["text"]
-    return [m for n, m in bare_model(model).named_modules() if n.startswith(prefix) and isinstance(m, cls)]
+    text = TOWER_TABLE["text"]
+    return [m for n, m in bare_model(model).named_modules()
+            if n.startswith(text.prefix) and isinstance(m, text.attention)]
 
 
 def text_implementation(model: nn.Module) -> str:
@@ -145,17 +147,17 @@ def record_attention(model: nn.Module) -> Iterator[AttentionRecorder]:
     if _ACTIVE is not None:
         raise RuntimeError("record_attention is already active; blocks do not nest")
     original = text_implementation(model)
-    supported = (*STOCK, *(IMPLEMENTATION_PREFIX + key for key, v in VARIANTS.items() if v.differential))
+    supported = (*STOCK, *(IMPLEMENTATION_PREFIX + name for name, v in VARIANTS.items() if v.differential))
     if original not in supported:
         raise ValueError(f"text attention implementation {original!r} cannot be recorded; "
                          f"supported: {', '.join(supported)}")
     base = bare_model(model)
     _register()
     recorder = AttentionRecorder({id(m): depth for depth, m in enumerate(text_layers(model))})
-    base.set_attn_implementation({TOWERS["text"][2]: RECORD_IMPLEMENTATION})
+    base.set_attn_implementation({TOWER_TABLE["text"].config_key: RECORD_IMPLEMENTATION})
     _ACTIVE = recorder
     try:
         yield recorder
     finally:
         _ACTIVE = None
-        base.set_attn_implementation({TOWERS["text"][2]: original})
+        base.set_attn_implementation({TOWER_TABLE["text"].config_key: original})

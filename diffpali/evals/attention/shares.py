@@ -57,9 +57,8 @@ class ShareAccumulator:
 
     per_sample: dict[tuple[int, str], dict[Any, list[torch.Tensor]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list)))
-    lambdas: dict[int, float] = field(default_factory=dict)
-    #: a lambda that varies by token (DIFF V2): per layer, each question's mean over its answer rows
-    token_lambdas: dict[int, list[float]] = field(default_factory=dict)
+    #: per layer, each question's lambda: its mean over the question's answer rows and the heads
+    lambdas: dict[int, list[float]] = field(default_factory=dict)
 
     def add(self, layer: int, key: str, shares: torch.Tensor, sample: Any = None) -> None:
         """``sample``: the haystack the question is about (None: a unit of its own)."""
@@ -94,9 +93,7 @@ class ShareAccumulator:
                     for g, group in enumerate(GROUPS):
                         out[f"{name}/head{h}/{group}"] = float(head[g])
             if layer in self.lambdas:
-                out[f"{base}/lambda"] = self.lambdas[layer]
-            elif layer in self.token_lambdas:
-                values = torch.tensor(self.token_lambdas[layer], dtype=torch.float64)
+                values = torch.tensor(self.lambdas[layer], dtype=torch.float64)
                 out[f"{base}/lambda"] = float(values.mean())
                 out[f"{base}/lambda_std"] = float(values.std()) if values.numel() > 1 else 0.0
         for group in (*GROUPS, "needle_of_image"):

@@ -174,12 +174,9 @@ def measure(layers: dict[int, LayerMaps], row: int, layout: SampleLayout, sample
         if maps.branches is not None:
             for i, branch in enumerate(maps.branches, 1):
                 accumulator.add(depth, f"branch{i}", row_shares(branch[row], layout), sample)
-            if isinstance(maps.lam, torch.Tensor):  # per head and query token (DIFF V2): this question's answer rows
-                lam = float(maps.lam[row][:, layout.rows].mean())
-                accumulator.token_lambdas.setdefault(depth, []).append(lam)
-                record.setdefault("lambda", {})[depth] = round(lam, 6)
-            else:
-                accumulator.lambdas[depth] = maps.lam
+            lam = float(maps.lam[row][:, layout.rows].mean())  # per head and query token: this question's answer rows
+            accumulator.lambdas.setdefault(depth, []).append(lam)
+            record.setdefault("lambda", {})[depth] = round(lam, 6)
         record["layers"][depth] = [round(float(v), 6) for v in answer.mean(0)]
         record["prompt_layers"][depth] = [round(float(v), 6) for v in prompt.mean(0)]
         if overlay:

@@ -266,7 +266,7 @@ class DiffDupSeparate(AttentionVariant):
     @classmethod
     def attach(cls, name, module, depth, cfg) -> list[str]:
         saved = super().attach(name, module, depth, cfg)
-        # the noise seeds keep the names the second branch had when it was a sibling (q2_proj, k2_proj)
+        # each copy's noise is seeded by its own name (q2_proj, k2_proj): the same in every process
         for proj in ("q_proj", "k_proj"):
             pretrained = getattr(module, proj)
             twin = noisy_copy(pretrained, cfg.branch_noise, f"{name}.{proj[0]}2_proj")

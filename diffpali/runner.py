@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
@@ -29,12 +29,29 @@ from .evals.vqa import PREDICTION_COLUMNS, prediction_rows, score_summary
 from .jsonio import write_json_atomic
 from .lambda_callback import LambdaHistory
 from .lightning_module import DiffPaliModule
-from .loggers import finish, log_pictures, log_table, make_logger, saved_run_id
+from .loggers import finish as finish_logger
+from .loggers import log_pictures, log_table, make_logger, saved_run_id
 from .model import build_model, load_adapter, load_base, save_adapter
 from .paths import ADAPTER_DIR, CHECKPOINT_DIR, EVALS_DIR, ITEMS_FILE, METRICS_FILE, adapter_dir_of
 from .progress import ConsoleProgress
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What :func:`prepare` sets up for :func:`fit` and :func:`finish`: one training run's parts."""
+
+    cfg: TrainConfig
+    run_name: str
+    out: Path
+    started: float  #: time.time() at the start, for total_seconds
+    resume: Optional[Path]  #: the checkpoint to resume from, checked against this config
+    skipped: dict[str, int]  #: bad records left out, by split (data.on_bad_record=skip)
+    datamodule: VQADataModule
+    processor: Any
+    module: DiffPaliModule
+    logger: Any
 
 
 def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
@@ -45,11 +62,17 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
     atomically to ``checkpoints/last.ckpt`` every ``ckpt_every_n_steps`` steps and at epoch ends;
     ``ckpt_path=last|auto`` resumes from there with the same weights, optimiser state, RNG and data order.
     """
+    run = prepare(cfg, run_name)
+    trainer, fit_seconds = fit(run)
+    return finish(run, trainer, fit_seconds)
+
+
+def prepare(cfg: TrainConfig, run_name: str) -> Run:
+    """Check the resume checkpoint and every data record, then build the model, its module and the logger."""
     started = time.time()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / CHECKPOINT_DIR
-    for partial in remove_partial_writes(ckpt_dir):
+    for partial in remove_partial_writes(out / CHECKPOINT_DIR):
         log.warning("removed %s, left by a checkpoint save that was interrupted", partial)
     signature = run_signature(cfg.model, cfg.attn, cfg.ffn, cfg.lora)
     resume = resolve_resume(cfg.ckpt_path, out)
@@ -86,62 +109,74 @@ def train(cfg: TrainConfig, run_name: str = "default") -> dict[str, Any]:
                          resume_id=saved_run_id(out) if resume is not None else None)
     if logger is not None and skipped:
         logger.log_metrics({f"data/skipped/{split}": float(n) for split, n in skipped.items()})
+    return Run(cfg, run_name, out, started, resume, skipped, datamodule, processor, module, logger)
+
+
+def fit(run: Run) -> tuple[L.Trainer, float]:
+    """Train (resuming where asked) and save the adapter; returns the trainer and the seconds fit took."""
+    cfg, out = run.cfg, run.out
     # One writer of last.ckpt (a second ModelCheckpoint would write last-v1.ckpt). Lightning takes one
     # trigger per callback: every N steps, or else every epoch. A resume replays at most N-1 steps.
     every = {"every_n_train_steps": cfg.ckpt_every_n_steps} if cfg.ckpt_every_n_steps else {}
-    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every), RNGState(),
-                            LambdaHistory(out)]
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, save_last=True, save_top_k=0, **every),
+                            RNGState(), LambdaHistory(out)]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(ConsoleProgress())  # in place of Lightning's bar: see diffpali/console.py
     trainer = L.Trainer(
         **{**asdict(cfg.trainer), "enable_progress_bar": False},  # the config's bar is ours, added above
         enable_model_summary=False,  # the parameter counts are logged above, in one line
-        logger=logger if logger is not None else False,
+        logger=run.logger if run.logger is not None else False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the datamodule shards (resumable train order, unpadded eval)
         default_root_dir=str(out),
     )
     fit_started = time.time()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None, weights_only=True)
+    trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=str(run.resume) if run.resume else None,
+                weights_only=True)
     fit_seconds = time.time() - fit_started
 
     adapter_dir = out / ADAPTER_DIR
     if trainer.is_global_zero:
         save_adapter(
-            module.model,
+            run.module.model,
             adapter_dir,
             {"model": asdict(cfg.model), "attn": asdict(cfg.attn), "ffn": asdict(cfg.ffn), "lora": asdict(cfg.lora)},
         )
         log.info("adapter saved to %s", adapter_dir)
+    return trainer, fit_seconds
 
+
+def finish(run: Run, trainer: L.Trainer, fit_seconds: float) -> dict[str, Any]:
+    """Score the test split and the configured evaluations, write metrics.json, close the logger."""
+    cfg, out, module, logger = run.cfg, run.out, run.module, run.logger
     metrics: dict[str, Any] = {
-        "run_name": run_name,
+        "run_name": run.run_name,
         "experiment": cfg.experiment_name,
         "seed": cfg.seed,
         "convention": "official",
         "fit_seconds": round(fit_seconds, 1),
         "train_steps": trainer.global_step,
-        "resumed_from": str(resume) if resume else None,
-        "skipped_records": {**skipped, "in_training": module.skipped_records},
+        "resumed_from": str(run.resume) if run.resume else None,
+        "skipped_records": {**run.skipped, "in_training": module.skipped_records},
         "skipped_steps": module.skipped_steps,
     }
     metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     if cfg.test_after_fit:
         test_started = time.time()
-        results = trainer.test(module, datamodule=datamodule, verbose=False)
+        results = trainer.test(module, datamodule=run.datamodule, verbose=False)
         metrics.update({k: float(v) for k, v in results[0].items()})
         metrics["test_seconds"] = round(time.time() - test_started, 1)
         if logger is not None and module.test_predictions:
-            test_set = datamodule.datasets["test"]
+            test_set = run.datamodule.datasets["test"]
             rows = [{**p, "image": record_image(test_set, p["ref"])} for p in module.test_predictions]
             log_table(logger, "test/predictions", PREDICTION_COLUMNS, prediction_rows(rows))
     if trainer.is_global_zero and cfg.evals:
-        metrics["evals"] = evaluate_trained(cfg, module.model, processor, out, logger)
-    metrics["total_seconds"] = round(time.time() - started, 1)
+        metrics["evals"] = evaluate_trained(cfg, module.model, run.processor, out, logger)
+    metrics["total_seconds"] = round(time.time() - run.started, 1)
     if trainer.is_global_zero:
         write_json_atomic(out / METRICS_FILE, metrics)
-    finish(logger)
+    finish_logger(logger)
     if trainer.is_global_zero:  # last, after W&B has closed: the score and where everything is
         contents = f"{METRICS_FILE}, {ADAPTER_DIR}/, {CHECKPOINT_DIR}/"
         if cfg.test_after_fit:
@@ -209,6 +244,6 @@ def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:
         for key, table in outcome.tables.items():
             log_table(logger, key, table.columns, table.rows)
         log_pictures(logger, outcome.pictures)
-    finish(logger)
+    finish_logger(logger)
     print(outcome.summary)  # last, after W&B has closed
     return metrics

@@ -16,7 +16,7 @@ from diffpali.data.grids import NEEDLE_PROMPT
 from diffpali.scenes import COLORS, SHAPES
 from diffpali.zoo import stages
 from diffpali.zoo.build import apply_overrides, build_base
-from diffpali.zoo.tasks import Stage1Mixture, is_negated, loc_tokens, template_of
+from diffpali.zoo.mixture import Stage1Mixture, is_negated, loc_tokens, template_of
 from diffpali.zoo.tiny import spec_key
 
 

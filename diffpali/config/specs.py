@@ -40,7 +40,7 @@ class Stage0Spec:
     lr: float = 2e-3
 
 
-#: The tasks of stage 1's mixture (zoo/tasks.py).
+#: The tasks of stage 1's mixture (zoo/mixture.py).
 STAGE1_TASKS = ("vqa", "vqa_drawn", "caption", "exist", "count", "where", "needle", "detect")
 
 
@@ -55,7 +55,7 @@ def _stage1_weights() -> dict[str, float]:
 
 @dataclass
 class Stage1Spec:
-    """Stage 1: projector and decoder on the multimodal mixture (``zoo/tasks.py``), the tower frozen."""
+    """Stage 1: projector and decoder on the multimodal mixture (``zoo/mixture.py``), the tower frozen."""
 
     steps: int = 9000
     batch_size: int = 32

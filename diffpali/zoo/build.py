@@ -30,6 +30,7 @@ from ..data.grids import LEFT_RIGHT_PROMPT, TOP_BOTTOM_PROMPT
 from ..generation import generate_for_examples
 from ..jsonio import write_json_atomic
 from ..scenes import draw_scene, sample_objects
+from .mixture import FORMATS, QUESTION_PROMPT, Stage1Mixture
 from .stages import (
     Stage0Stream,
     StageRunner,
@@ -39,7 +40,6 @@ from .stages import (
     stage0_probe,
     stage1_loss,
 )
-from .tasks import FORMATS, QUESTION_PROMPT, Stage1Mixture
 from .tiny import build_config, build_processor, spec_key, stage0_key, train_tokenizer
 
 log = logging.getLogger(__name__)

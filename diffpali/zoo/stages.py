@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from ..scenes import COLORS, SHAPES, draw_scene, sample_objects
-from .tasks import Stage1Mixture
+from .mixture import Stage1Mixture
 
 log = logging.getLogger(__name__)
 IGNORE_INDEX = -100

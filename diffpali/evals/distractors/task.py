@@ -20,9 +20,9 @@ from ..base import EvalOutcome, EvalTable, batch_size, max_new_tokens, samples_d
 from ..mmneedle.answers import parse_needle_reply
 from ..mmneedle.scoring import score_official
 from ..mmneedle.task import needle_example
-from .attention import needle_share
 from .plots import distractor_curves
 from .sets import DistractorPoint, DistractorSetSpec, load_or_build, points
+from .target_share import needle_share
 
 CURVES_FILE = "distractor_curves.png"
 PREFIX = "distractors"

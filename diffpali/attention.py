@@ -13,8 +13,10 @@ model-side math only. A variant class says three things:
 
 Per-layer parts are child modules of the attention module and are always *called*, never read
 attribute by attribute, because peft's ``modules_to_save`` replaces them with wrappers that forward
-calls to the trained copy. Adding a variant: one class here, one ``conf/attn/*.yaml``, one branch of
-the test oracle (``docs/design.md`` walks through an example).
+calls to the trained copy. Each class names its settings (``settings``, an option of the ``attn``
+group in ``diffpali.config.attn``); :func:`check_registry` proves at import that the two agree. Adding a
+variant: one class here, one settings dataclass, one ``conf/attn/*.yaml``, one branch of the test
+oracle (``docs/design.md`` walks through an example).
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from diffpali.checkpointing import (
 from diffpali.config import (
     DataConfig,
     DiffDupSettings,
+    DiffV2Settings,
     FfnConfig,
     LoraConfig,
     ModelConfig,
@@ -138,6 +139,17 @@ def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_run(tiny_pr
     for key, state in expected["optimizer"].items():
         for field in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(state[field], got["optimizer"][key][field]), (key, field)
+
+
+def test_a_checkpoint_from_before_per_variant_settings_still_matches_its_run():
+    """Old checkpoints recorded every attn field flat; a knob the run's variant lacks is not compared."""
+    from diffpali.checkpointing import signature_differences
+
+    current = run_signature(ModelConfig(), DiffV2Settings(), FfnConfig(), LoraConfig())
+    old = {**current, "attn.head_norm": True, "attn.dup_mode": "separate", "attn.lambda_init": 0.8}
+    assert signature_differences(old, current) == []
+    assert signature_differences({**old, "attn.branch_noise": 0.0}, current) == [
+        "attn.branch_noise: checkpoint 0.0, this run 0.001"]
 
 
 def test_a_checkpoint_for_another_model_is_refused_naming_the_fields(tiny_processor, tiny_config, tmp_path):

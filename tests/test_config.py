@@ -205,3 +205,18 @@ print("torch" in sys.modules)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"
     assert "yes (dup, separate)" in (tmp_path / "report" / "table1.md").read_text()
+
+
+def test_a_plain_attn_dict_is_checked_like_a_composed_one():
+    from omegaconf import OmegaConf
+
+    assert type(to_typed(OmegaConf.create({"output_dir": "."}), TrainConfig).attn).__name__ == "VanillaSettings"
+    for attn, message in [({"variant": "diff_dup", "lambda_init": "abc"}, "attn.lambda_init='abc': must be float"),
+                          ({"variant": "diff_v2", "lambda_std": 0.0},
+                           "attn.lambda_std=0.0: attn=diff_v2 has no such knob; its knobs: towers, branch_noise, "
+                           "v2_lambda_init"),
+                          ({"variant": "diff"}, "attn.variant='diff': must be one of diff_dup, diff_split, diff_v2, "
+                           "vanilla")]:
+        with pytest.raises(ConfigError) as info:
+            to_typed(OmegaConf.create({"output_dir": ".", "attn": attn}), TrainConfig)
+        assert str(info.value) == message

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -14,7 +14,7 @@ from ..paths import CHECKPOINT_DIR, LAST_CHECKPOINT
 from . import groups
 from .attn import ATTN_SETTINGS, SCHEMA_SUFFIX, AttnSettings, attn_settings
 from .errors import one_line
-from .rules import choice, fail, positive
+from .rules import ConfigError, choice, fail, positive
 
 
 @dataclass
@@ -215,11 +215,19 @@ def to_typed(cfg: DictConfig, schema: type = TrainConfig):
         if "attn" in cfg and OmegaConf.get_type(cfg, "attn") in (dict, AttnSettings):
             cfg = cfg.copy()
             plain = OmegaConf.to_container(cfg.attn, resolve=True)
-            cfg.attn = OmegaConf.structured(attn_settings(plain))
+            settings = attn_settings(plain)  # an unknown variant or knob: a ConfigError of its own
+            try:
+                cfg.attn = OmegaConf.structured(settings)
+            except Exception as err:  # a value of the wrong type, checked in the attn node alone
+                raise one_line(err, prefix="attn") from err
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
         obj = OmegaConf.to_object(merged)
+    except ConfigError:
+        raise
     except Exception as err:  # OmegaConf's type and key errors, in the project's one line
         raise one_line(err) from err
+    if type(getattr(obj, "attn", None)) is AttnSettings:  # no attn given at all: the vanilla option's settings
+        obj.attn = attn_settings(asdict(obj.attn))
     obj.validate()
     return obj
 

@@ -13,10 +13,11 @@ from .rules import ConfigError
 _MISSING = object()
 
 
-def one_line(err: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
+def one_line(err: BaseException, overrides: Sequence[str] = (), prefix: str = "") -> ConfigError:
     """The :class:`ConfigError` that says what ``err`` (OmegaConf's or Hydra's, maybe wrapped) means.
 
-    ``overrides`` (the command line's ``key=value`` items) supply the value a key error does not carry.
+    ``overrides`` (the command line's ``key=value`` items) supply the value a key error does not carry;
+    ``prefix`` names the node ``err`` was raised in (``attn``), when that node was checked on its own.
     """
     if isinstance(err, ConfigError):
         return err
@@ -31,7 +32,7 @@ def one_line(err: BaseException, overrides: Sequence[str] = ()) -> ConfigError:
         cause = cause.__cause__
     if cause is None:
         return ConfigError(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
-    key = str(cause.full_key)
+    key = f"{prefix}.{cause.full_key}" if prefix else str(cause.full_key)
     owner = getattr(cause, "object_type", None)
     value = getattr(cause, "value", None)
     if value is None:

@@ -40,7 +40,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, to_typed
+from .config import ConfigError, settings_from_record, to_typed
 from .console import FILE_ONLY, configure_console, filter_known_noise, is_rank_zero
 from .files import UnreadableFileError
 from .jsonio import write_json_atomic
@@ -124,7 +124,10 @@ def finished_run(out: Path, typed: Any) -> dict[str, Any] | None:
         return None
     try:
         record = json.loads(job.read_text())
-        if record.get("status") != "completed" or record.get("config") != json.loads(json.dumps(asdict(typed))):
+        config = record.get("config") or {}
+        if isinstance(config.get("attn"), dict):  # a record from before per-variant settings held every attn field
+            config["attn"] = asdict(settings_from_record(config["attn"]))
+        if record.get("status") != "completed" or config != json.loads(json.dumps(asdict(typed))):
             return None
         return json.loads(metrics.read_text())
     except (OSError, ValueError):  # a damaged record: run the job again

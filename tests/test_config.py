@@ -220,3 +220,18 @@ def test_a_plain_attn_dict_is_checked_like_a_composed_one():
         with pytest.raises(ConfigError) as info:
             to_typed(OmegaConf.create({"output_dir": ".", "attn": attn}), TrainConfig)
         assert str(info.value) == message
+
+
+def test_a_job_completed_before_per_variant_settings_is_still_found_done(tmp_path):
+    """skip_if_done reads the old flat attn record as its variant's settings: a resumed sweep keeps its jobs."""
+    from diffpali.jobs import finished_run
+
+    typed = to_typed(compose_train("output_dir=.", "attn=diff_dup"), TrainConfig)
+    config = json.loads(json.dumps(asdict(typed)))
+    config["attn"] = {**config["attn"], "v2_lambda_init": "exact"}  # a field every old record carried
+    (tmp_path / "job.json").write_text(json.dumps({"status": "completed", "config": config}))
+    (tmp_path / "metrics.json").write_text(json.dumps({"test/vqa_accuracy_official": 0.5}))
+    assert finished_run(tmp_path, typed) == {"test/vqa_accuracy_official": 0.5}
+    config["attn"]["lambda_init"] = 0.5  # a knob the variant reads, changed: not the same job
+    (tmp_path / "job.json").write_text(json.dumps({"status": "completed", "config": config}))
+    assert finished_run(tmp_path, typed) is None

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .branches import BranchedProjection, QueryWithLambda, TokenLambda, noisy_copy
+from .branches import BranchedProjection, Float32Module, QueryWithLambda, TokenLambda, noisy_copy
 from .config import AttnConfig
 
 HEAD_NORM_EPS = 1e-5
@@ -50,12 +50,12 @@ def lambda_init_for(layer_index: int, cfg: AttnConfig) -> float:
     return 0.8 - 0.6 * math.exp(-0.3 * (depth - 1))
 
 
-class DiffLambda(nn.Module):
+class DiffLambda(Float32Module):
     """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (eq. 3), one scalar per layer.
 
-    The vectors have the dimension of one branch's query. They are created in float32 and always
-    evaluated in float32 with autocast off: lambda multiplies a whole attention map, and a bf16
-    exp of a dot product is too coarse for it.
+    The vectors have the dimension of one branch's query. They are created in float32, stay float32
+    when the model is cast (``bf16-true``) and are always evaluated in float32 with autocast off: lambda
+    multiplies a whole attention map, and a bf16 exp of a dot product is too coarse for it.
     """
 
     def __init__(self, dim: int, lambda_init: float, std: float, tied: bool = False,
@@ -74,7 +74,7 @@ class DiffLambda(nn.Module):
             return first - second + self.lambda_init
 
 
-class HeadRMSNorm(nn.Module):
+class HeadRMSNorm(Float32Module):
     """(1 - lambda_init) * RMSNorm(head) over each head's channels (eq. 6), in float32.
 
     One learnable weight of the head dimension is shared by the heads of a layer, as in the

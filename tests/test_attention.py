@@ -522,6 +522,29 @@ def test_bf16_autocast_keeps_lambda_and_norm_in_fp32(tiny_model, tiny_batch):
     assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("variant", ALL)
+def test_bf16_cast_after_the_variant_trains_with_float32_lambda(decoder_model, tiny_batch, variant):
+    """``trainer.precision=bf16-true`` casts the whole model after the variants are in: lambda stays float32."""
+    saved = apply_attention(decoder_model, attn(**ALL[variant]))
+    model = wrap_lora(decoder_model, lora_config(), saved).to(torch.bfloat16).train()
+    kept = {n: p for n, p in model.named_parameters() if ".diff_lambda." in n or ".diff_norm." in n}
+    assert bool(kept) == VARIANTS[variant].differential
+    assert all(p.dtype == torch.float32 for p in kept.values())
+    assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if "lora_" in n)
+    lambdas = []
+    for module in model.modules():
+        if type(module).__name__ in ("DiffLambda", "TokenLambda"):
+            module.register_forward_hook(lambda _, __, out: lambdas.append(out.dtype))
+    inputs = {k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in model_inputs(tiny_batch).items()}
+    loss = model(**inputs).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert set(lambdas) == ({torch.float32} if kept else set())
+    trained = [p for p in kept.values() if p.requires_grad]
+    assert bool(trained) == bool(kept)
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in trained)
+
+
 # ------------------------------------------------------------------------------------------
 # 11. DIFF V2: retrofit initialisation
 # ------------------------------------------------------------------------------------------

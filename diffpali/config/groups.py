@@ -34,6 +34,10 @@ class ModelConfig:
     #: source=random builds it). null: read from the loaded model only
     architecture: Optional[str] = None
     depth: Optional[int] = None  #: source=random: cut each tower to this many layers (shape checks); null: full
+    #: recompute each layer's activations in the backward pass instead of keeping them (torch's non-reentrant
+    #: checkpoint, through transformers' gradient_checkpointing_enable): activation memory of one layer per
+    #: tower instead of all, for about one more forward of compute; takes effect in training mode only
+    activation_checkpointing: bool = False
 
     def validate(self, key: str = "model") -> None:
         choice(f"{key}.source", self.source, ("zoo", "pretrained", "random"))

@@ -8,8 +8,9 @@ model-side math only. A variant class says three things:
 - ``frozen``: name patterns of the frozen tensors it creates, which are saved beside the adapter;
 - ``kernel``: how the layer's output is computed from Q, K, V, given an ``attend`` function that
   returns softmax(Q K^T s) V. The fast path passes transformers' SDPA wrapper (masks, ``is_causal``
-  and grouped KV heads as in the stock ``sdpa`` path, no N x N matrix); the attention recorder passes
-  an eager function that also keeps the maps. Both run the same kernel.
+  and grouped KV heads as in the stock ``sdpa`` path, no N x N matrix), or on a soft-capped Gemma 2
+  decoder Gemma 2's eager attention, which caps the logits of each call; the attention recorder passes
+  an eager function that also keeps the maps. All run the same kernel.
 
 Per-layer parts are child modules of the attention module and are always *called*, never read
 attribute by attribute, because peft's ``modules_to_save`` replaces them with wrappers that forward

@@ -373,7 +373,10 @@ def test_lambda_and_both_branches_get_gradients_only_when_separate(tiny_model, t
 # ------------------------------------------------------------------------------------------
 # 6. the documented exact setting, 7. lambda_init schedule
 # ------------------------------------------------------------------------------------------
-def test_exact_setting_reproduces_pretrained_logits(tiny_model, tiny_batch):
+def test_exact_setting_reproduces_pretrained_logits(decoder_model, tiny_batch):
+    """On Gemma 2 also the proof that the variants' masks and soft-cap are stock eager's, through the whole model."""
+    tiny_model = decoder_model
+    sharpen_text_logits(tiny_model)
     inputs = model_inputs(tiny_batch, with_labels=False)
     pretrained = logits(tiny_model, inputs)
     model = converted(tiny_model, **EXACT)
@@ -548,7 +551,9 @@ def test_bf16_cast_after_the_variant_trains_with_float32_lambda(decoder_model, t
 # ------------------------------------------------------------------------------------------
 # 11. DIFF V2: retrofit initialisation
 # ------------------------------------------------------------------------------------------
-def test_v2_exact_init_reproduces_pretrained_logits_and_lambda_still_learns(tiny_model, tiny_batch):
+def test_v2_exact_init_reproduces_pretrained_logits_and_lambda_still_learns(decoder_model, tiny_batch):
+    tiny_model = decoder_model
+    sharpen_text_logits(tiny_model)
     inputs = model_inputs(tiny_batch, with_labels=False)
     pretrained = logits(tiny_model, inputs)
     model = converted(tiny_model, variant="diff_v2", v2_lambda_init="exact", branch_noise=1e-2)

@@ -8,8 +8,9 @@ model-side math only. A variant class says three things:
 - ``frozen``: name patterns of the frozen tensors it creates, which are saved beside the adapter;
 - ``kernel``: how the layer's output is computed from Q, K, V, given an ``attend`` function that
   returns softmax(Q K^T s) V. The fast path passes transformers' SDPA wrapper (masks, ``is_causal``
-  and grouped KV heads as in the stock ``sdpa`` path, no N x N matrix); the attention recorder passes
-  an eager function that also keeps the maps. Both run the same kernel.
+  and grouped KV heads as in the stock ``sdpa`` path, no N x N matrix), or on a soft-capped Gemma 2
+  decoder Gemma 2's eager attention, which caps the logits of each call; the attention recorder passes
+  an eager function that also keeps the maps. All run the same kernel.
 
 Per-layer parts are child modules of the attention module and are always *called*, never read
 attribute by attribute, because peft's ``modules_to_save`` replaces them with wrappers that forward
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .branches import BranchedProjection, QueryWithLambda, TokenLambda, noisy_copy
+from .branches import BranchedProjection, Float32Module, QueryWithLambda, TokenLambda, noisy_copy
 from .config import (
     ATTN_SETTINGS,
     AttnSettings,
@@ -62,12 +63,12 @@ def lambda_init_for(layer_index: int, cfg: LambdaSettings) -> float:
     return 0.8 - 0.6 * math.exp(-0.3 * (depth - 1))
 
 
-class DiffLambda(nn.Module):
+class DiffLambda(Float32Module):
     """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (eq. 3), one scalar per layer.
 
-    The vectors have the dimension of one branch's query. They are created in float32 and always
-    evaluated in float32 with autocast off: lambda multiplies a whole attention map, and a bf16
-    exp of a dot product is too coarse for it.
+    The vectors have the dimension of one branch's query. They are created in float32, stay float32
+    when the model is cast (``bf16-true``) and are always evaluated in float32 with autocast off: lambda
+    multiplies a whole attention map, and a bf16 exp of a dot product is too coarse for it.
     """
 
     def __init__(self, dim: int, lambda_init: float, std: float, tied: bool = False,
@@ -86,7 +87,7 @@ class DiffLambda(nn.Module):
             return first - second + self.lambda_init
 
 
-class HeadRMSNorm(nn.Module):
+class HeadRMSNorm(Float32Module):
     """(1 - lambda_init) * RMSNorm(head) over each head's channels (eq. 6), in float32.
 
     One learnable weight of the head dimension is shared by the heads of a layer, as in the

@@ -32,6 +32,24 @@ def noisy_copy(linear: nn.Module, relative_std: float, name: str) -> nn.Module:
     return twin
 
 
+class Float32Module(nn.Module):
+    """A module whose floating-point parameters stay float32 whatever the model is cast to.
+
+    ``model.to(torch.bfloat16)`` (Lightning's ``bf16-true`` does exactly that) reaches every tensor
+    through ``_apply``; here a cast that would change a float32 tensor's dtype only moves it to the
+    target device, so lambda's parameters keep float32 precision and its arithmetic stays float32.
+    """
+
+    def _apply(self, fn, recurse=True):
+        def device_only(tensor: torch.Tensor) -> torch.Tensor:
+            applied = fn(tensor)
+            if tensor.is_floating_point() and applied.dtype != tensor.dtype:
+                return tensor.to(applied.device)
+            return applied
+
+        return super()._apply(device_only, recurse)
+
+
 class BranchedProjection(nn.Module):
     """A query or key projection that also computes a second branch from a copy of its weights.
 
@@ -57,13 +75,14 @@ class BranchedProjection(nn.Module):
         return torch.stack([first.view(heads), second.view(heads)], dim=-2).flatten(-3)
 
 
-class TokenLambda(nn.Module):
+class TokenLambda(Float32Module):
     """DIFF V2's lambda per token and head: sigmoid(x W + b), times a per-head ``gate``.
 
     ``init="plain"``: the authors' projection, W = 0, b = 0, gate 1, so lambda = sigmoid(0) = 0.5
     everywhere at init. ``init="exact"``: the same, but the gate starts at 0, so lambda = 0 and the
     layer computes the pretrained attention exactly; the gate's gradient, -sigmoid(.) <dL/dout, A2 V>,
-    is not zero, so lambda leaves 0 at the first step. Float32, autocast off, as every lambda here.
+    is not zero, so lambda leaves 0 at the first step. Float32 (kept through a cast of the model), autocast off,
+    as every lambda here.
     """
 
     def __init__(self, width: int, heads: int, init: str, device: torch.device | None = None):
@@ -71,7 +90,8 @@ class TokenLambda(nn.Module):
         self.proj = nn.Linear(width, heads, device=device, dtype=torch.float32)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
-        self.gate = nn.Parameter(torch.full((heads,), 0.0 if init == "exact" else 1.0, device=device))
+        self.gate = nn.Parameter(torch.full((heads,), 0.0 if init == "exact" else 1.0, device=device,
+                                            dtype=torch.float32))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         with torch.autocast(hidden_states.device.type, enabled=False):

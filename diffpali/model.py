@@ -160,12 +160,28 @@ def wrap_lora(model: PaliGemmaForConditionalGeneration, cfg: LoraConfig,
     return get_peft_model(model, peft_config)
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Checkpoint every decoder and SigLIP layer with torch's non-reentrant checkpoint.
+
+    Non-reentrant: frozen base weights and LoRA adapters need no ``requires_grad`` input to get
+    gradients, keyword arguments pass through, and the RNG state is replayed, so LoRA dropout masks
+    and every variant's output (DIFF V2's per-token lambda included) are recomputed identically.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name from transformers 5.24 (the old one warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def build_model(
     model_cfg: ModelConfig, attn: AttnSettings, ffn: FfnConfig, lora: LoraConfig
 ) -> tuple[PeftModel, PaliGemmaProcessor]:
-    """Base model -> variants -> LoRA. The one entry point train.py and evaluate.py use."""
+    """Base model -> variants (-> activation checkpointing) -> LoRA. The entry point of train.py and evaluate.py."""
     model, processor = load_base(model_cfg)
     new_modules = apply_variants(model, attn, ffn)
+    if model_cfg.activation_checkpointing:
+        enable_activation_checkpointing(model)
     return wrap_lora(model, lora, new_modules), processor
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 from transformers.models.gemma.modeling_gemma import GemmaAttention
+from transformers.models.gemma2.modeling_gemma2 import Gemma2Attention
 from transformers.models.siglip.modeling_siglip import SiglipAttention
 
 from .config import TOWERS
@@ -36,7 +37,7 @@ class Tower:
 
 #: Every tower, by name (text first: the order lambdas are logged in).
 TOWER_TABLE: dict[str, Tower] = {
-    "text": Tower("text", "model.language_model.", (GemmaAttention,), "text_config"),
+    "text": Tower("text", "model.language_model.", (GemmaAttention, Gemma2Attention), "text_config"),
     "vision": Tower("vision", "model.vision_tower.", (SiglipAttention,), "vision_config"),
 }
 

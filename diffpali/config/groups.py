@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from .architectures import ARCHITECTURES
 from .rules import TOWERS, check_towers, choice, fail, positive
 from .specs import STAGE1_TASKS, TinySpec
 
@@ -17,20 +18,36 @@ class ModelConfig:
     """Which base PaliGemma to load.
 
     ``source=zoo`` builds (or reuses) the offline tiny model described by ``tiny``;
-    ``source=pretrained`` calls ``from_pretrained(name_or_path)`` on a Hub id or a local directory.
+    ``source=pretrained`` calls ``from_pretrained(name_or_path)`` on a Hub id or a local directory;
+    ``source=random`` builds ``architecture`` with random weights (a rehearsal of the real shapes without
+    a download).
     """
 
     name: str = "tiny"  #: label used in run names and reports
-    source: str = "zoo"  #: zoo | pretrained
+    source: str = "zoo"  #: zoo | pretrained | random
     name_or_path: str = ""  #: Hub id or directory, for source=pretrained
     revision: Optional[str] = None
     dtype: str = "float32"  #: weights dtype at load time: float32 | bfloat16 | float16
     trust_remote_code: bool = False  #: never needed for PaliGemma; off unless asked for
     cache_dir: Optional[str] = None  #: where zoo bases are cached; default ~/.cache/diffpali
     tiny: TinySpec = field(default_factory=TinySpec)
+    #: a key of diffpali.config.architectures.ARCHITECTURES: the shape of the model (memory plan, FLOPs;
+    #: source=random builds it). null: read from the loaded model only
+    architecture: Optional[str] = None
+    depth: Optional[int] = None  #: source=random: cut each tower to this many layers (shape checks); null: full
+    #: recompute each layer's activations in the backward pass instead of keeping them (torch's non-reentrant
+    #: checkpoint, through transformers' gradient_checkpointing_enable): activation memory of one layer per
+    #: tower instead of all, for about one more forward of compute; takes effect in training mode only
+    activation_checkpointing: bool = False
 
     def validate(self, key: str = "model") -> None:
-        choice(f"{key}.source", self.source, ("zoo", "pretrained"))
+        choice(f"{key}.source", self.source, ("zoo", "pretrained", "random"))
+        if self.architecture is not None:
+            choice(f"{key}.architecture", self.architecture, tuple(ARCHITECTURES))
+        if self.source == "random" and self.architecture is None:
+            fail(f"{key}.architecture", None, f"source=random needs one of {', '.join(ARCHITECTURES)}")
+        if self.depth is not None and self.depth < 1:
+            fail(f"{key}.depth", self.depth, "must be >= 1 or null (the full depth)")
         choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.source == "pretrained" and not self.name_or_path:
             fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")

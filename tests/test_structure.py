@@ -23,7 +23,7 @@ PENDING_SHRINK: set[str] = set()
 #: Layers, lowest first: a module imports diffpali modules of its own layer or below, never above.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("diffpali", "diffpali.paths", "diffpali.files", "diffpali.jsonio", "diffpali.console",
-                    "diffpali.config")),
+                    "diffpali.config", "diffpali.plan")),
     ("core", ("diffpali.attention", "diffpali.branches", "diffpali.metrics", "diffpali.nonfinite",
               "diffpali.generation",
               "diffpali.progress", "diffpali.data", "diffpali.scenes")),

@@ -79,6 +79,23 @@ def test_eager_maps_double_with_two_maps_per_head_and_grow_with_the_square_of_th
     assert maps(VariantSpec(), big) == pytest.approx(vanilla * ((4096 + 32) / (256 + 32)) ** 2)
 
 
+def test_plan_force_lets_an_over_budget_run_through():
+    from hydra import compose, initialize_config_dir
+
+    from diffpali.config import ConfigError, TrainConfig, register_configs, to_typed
+    from diffpali.plan.report import check_memory
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = to_typed(compose(config_name="train", overrides=["output_dir=.", "model=paligemma_3b_224",
+                                                                "model.source=random", "plan_budget_gib=1"]),
+                       TrainConfig)
+    with pytest.raises(ConfigError, match="memory plan"):
+        check_memory(cfg)
+    cfg.plan_force = True
+    check_memory(cfg)
+
+
 def train(*overrides: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "train.py", *overrides, "logger=none", f"hydra.run.dir={tmp_path}"],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)

@@ -78,6 +78,7 @@ GiB = 2 ** 30
 
 def compose(model: str, variant: str, depth: int | None):
     """The validated TrainConfig that ``train.py model=<model> model.source=random attn=...`` would run."""
+    # deferred, as every heavy import here: --help and argument errors answer at once
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 

@@ -106,7 +106,7 @@ def test_plan_true_prints_the_plan_and_loads_nothing(tmp_path):
     proc = train("model=paligemma2_3b_224", "plan=true", tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "parameters: total 3,061,704,432, trainable 29,462,016" in proc.stdout
-    for row in ("single (1 device)", "ddp (1 devices)", "fsdp (1 shards)", "total with act. ckpt"):
+    for row in ("single (1 device)", "ddp (1 device)", "fsdp (1 shard)", "total with act. ckpt"):
         assert row in proc.stdout
     assert not (tmp_path / "adapter").exists()
 

@@ -164,8 +164,9 @@ def render(cfg: Any) -> str:
         f"{acts.logits / GiB:.2f} GiB; with activation checkpointing {acts.checkpointed / GiB:.2f} GiB",
         "per device, GiB        weights  grads  AdamW  activ.  runtime  total  total with act. ckpt",
     ]
-    labels = {"single": "single (1 device)", "ddp": f"ddp ({p['devices']} devices)",
-              "fsdp": f"fsdp ({p['devices']} shards)"}
+    n = p["devices"]
+    labels = {"single": "single (1 device)", "ddp": f"ddp ({n} device{'s' * (n > 1)})",
+              "fsdp": f"fsdp ({n} shard{'s' * (n > 1)})"}
     for name, row in p["rows"].items():
         lines.append(f"{labels[name]:<22} {row.weights / GiB:7.2f} {row.gradients / GiB:6.2f} "
                      f"{row.optimizer / GiB:6.2f} {row.activations / GiB:7.2f} {row.runtime / GiB:8.2f} "

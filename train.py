@@ -3,6 +3,7 @@
     python train.py                                   # embedded default: tiny PaliGemma on easy-vqa, CPU
     python train.py attn=diff_dup ffn=swiglu          # one variant
     python train.py -m lora.rank=16,32                # a Hydra multirun sweep
+    python train.py model=paligemma2_3b_224 plan=true # the memory plan, without loading anything
 
 Every key is type-checked against ``diffpali.config.TrainConfig`` before anything loads.
 """
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 
 from diffpali.config import TrainConfig, check_command_line, register_configs
 from diffpali.jobs import run_job
+from diffpali.plan.report import render as render_plan
 
 register_configs()
 
@@ -25,6 +27,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _train(cfg: TrainConfig, run_name: str) -> dict:
+    if cfg.plan:
+        print(render_plan(cfg))
+        return {}
     from diffpali.runner import train  # torch and transformers load only once the config is valid
 
     return train(cfg, run_name)

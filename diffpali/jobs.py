@@ -45,6 +45,7 @@ from .console import FILE_ONLY, configure_console, filter_known_noise, is_rank_z
 from .files import UnreadableFileError
 from .jsonio import write_json_atomic
 from .paths import FAILED_FILE, JOB_FILE, METRICS_FILE
+from .plan.report import check_memory
 
 log = logging.getLogger("diffpali")
 
@@ -86,6 +87,7 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
     try:
         typed = to_typed(cfg, schema)
         check_launch(typed, hydra_cfg)
+        check_memory(typed)  # a train run whose memory plan exceeds the device stops here, before anything loads
     except ConfigError as err:
         if not multirun:
             print(f"config error: {err}", file=sys.stderr)

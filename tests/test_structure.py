@@ -24,7 +24,7 @@ PENDING_SHRINK: set[str] = set()
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("foundation", ("diffpali", "diffpali.paths", "diffpali.files", "diffpali.jsonio", "diffpali.console",
                     "diffpali.lambda_history",
-                    "diffpali.config")),
+                    "diffpali.config", "diffpali.plan")),
     ("core", ("diffpali.attention", "diffpali.branches", "diffpali.towers", "diffpali.metrics", "diffpali.nonfinite",
               "diffpali.generation",
               "diffpali.progress", "diffpali.data", "diffpali.scenes")),

@@ -52,6 +52,15 @@ class TrainConfig:
     #: a job whose directory already holds a completed run of this very config returns its metrics without
     #: running again: a killed sweep started again continues where it stopped (partial runs: ckpt_path=auto)
     skip_if_done: bool = False
+    #: print the memory plan (parameters; bytes per device for weights, gradients, AdamW, activations under
+    #: single, DDP and FSDP, with and without activation checkpointing) and exit 0 without loading anything
+    plan: bool = False
+    #: run even where the plan exceeds the device's memory (by default such a run stops before loading, exit 2)
+    plan_force: bool = False
+    #: GiB one device holds, for the check; null: the GPU's total memory (nvidia-smi), or on a CPU MemAvailable
+    plan_budget_gib: Optional[float] = None
+    #: text tokens per example the plan assumes (BOS, prompt, answer, EOS; batches pad to their longest)
+    plan_text_tokens: int = 32
 
     def validate(self) -> None:
         for name, evaluation in self.evals.items():
@@ -75,6 +84,9 @@ class TrainConfig:
         if self.ckpt_every_n_steps < 0:
             fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at each epoch end instead)")
         choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
+        if self.plan_budget_gib is not None and self.plan_budget_gib <= 0:
+            fail("plan_budget_gib", self.plan_budget_gib, "must be > 0 or null (the device's memory)")
+        positive("plan_text_tokens", self.plan_text_tokens)
         groups.check_local_model(self.model)
         if self.trainer.strategy.startswith("fsdp") and self.trainer.accelerator not in ("gpu", "cuda"):
             # Lightning 2.x refuses FSDP without CUDA (its own ValueError, after the data and model have loaded).

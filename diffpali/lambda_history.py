@@ -18,6 +18,7 @@ from typing import Any
 import lightning as L
 
 from .paths import LAMBDA_HISTORY_FILE
+from .strategies import shards_parameters
 from .surgery import lambda_values
 
 
@@ -33,13 +34,17 @@ class LambdaHistory(L.Callback):
         self._vanilla = False
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         if self._vanilla:
             return
+        sharded = shards_parameters(trainer.strategy)
+        if not trainer.is_global_zero and not sharded:
+            return
+        # Under FSDP a lambda's weights are shards: every rank joins the gathers that reading it takes.
         values = lambda_values(pl_module.model if hasattr(pl_module, "model") else pl_module)
         if not values:
             self._vanilla = True  # no differential layer now, none later: stop walking the model
+            return
+        if not trainer.is_global_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:

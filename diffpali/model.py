@@ -11,7 +11,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -181,11 +181,15 @@ def frozen_variant_names(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if not p.requires_grad and _FROZEN_COPY.search(n)]
 
 
-def save_adapter(model: PeftModel, adapter_dir: str | Path, variants: dict[str, Any]) -> None:
-    """Write the adapter, the variants' frozen copies (both safetensors) and the settings to rebuild the model."""
+def save_adapter(model: PeftModel, adapter_dir: str | Path, variants: dict[str, Any],
+                 state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Write the adapter, the variants' frozen copies (both safetensors) and the settings to rebuild the model.
+
+    ``state_dict``: whole tensors by the model's own names, for a model whose parameters are shards (FSDP);
+    null: the model's parameters as they are."""
     adapter_dir = Path(adapter_dir)
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    params = dict(model.named_parameters())
+    model.save_pretrained(str(adapter_dir), safe_serialization=True, state_dict=state_dict)
+    params = dict(model.named_parameters()) if state_dict is None else state_dict
     frozen = {n: params[n].detach().contiguous() for n in frozen_variant_names(model)}
     if frozen:
         save_file(frozen, str(adapter_dir / VARIANT_WEIGHTS_FILE))

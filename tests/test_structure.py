@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "diffpali.config")),
     ("core", ("diffpali.attention", "diffpali.branches", "diffpali.metrics", "diffpali.nonfinite",
               "diffpali.generation",
-              "diffpali.progress", "diffpali.data", "diffpali.scenes")),
+              "diffpali.progress", "diffpali.data", "diffpali.scenes", "diffpali.strategies")),
     ("model", ("diffpali.surgery", "diffpali.ffn", "diffpali.zoo", "diffpali.model", "diffpali.checkpointing",
                "diffpali.lambda_history", "diffpali.loggers", "diffpali.lightning_module")),
     ("evals and report", ("diffpali.evals", "diffpali.report")),

@@ -73,9 +73,12 @@ class TrainConfig:
             fail("ckpt_every_n_steps", self.ckpt_every_n_steps, "must be >= 0 (0: at each epoch end instead)")
         choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         groups.check_local_model(self.model)
-        if self.trainer.strategy.startswith("fsdp") and self.trainer.accelerator not in ("gpu", "cuda"):
-            # Lightning 2.x refuses FSDP without CUDA (its own ValueError, after the data and model have loaded).
-            fail("trainer.strategy", self.trainer.strategy, "FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp")
+        if self.trainer.strategy == "fsdp":
+            # Lightning's ModelParallelStrategy takes no other precision (its own ValueError, after loading).
+            choice("trainer.precision", self.trainer.precision, ("32-true", "bf16-mixed", "bf16-true"))
+            if self.evals:  # they run in rank 0 alone, and every forward of a sharded model needs every rank
+                fail("evals", sorted(self.evals), "not run under trainer.strategy=fsdp (the model is sharded "
+                     "over the ranks): score the saved adapter with evaluate.py")
 
 
 EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention", "distractors")

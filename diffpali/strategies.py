@@ -9,12 +9,15 @@ layer without FSDP1's one-dtype-per-flat-parameter rule or ``use_orig_params``, 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 #: the ``trainer.strategy`` value that selects :class:`ShardedLoRA`
 FSDP = "fsdp"
@@ -83,12 +86,17 @@ class ShardedLoRA(ModelParallelStrategy):
         if isinstance(model, FSDPModule):
             return
         mesh = self.device_mesh["data_parallel"]
-        for unit in layer_units(model):
+        units = layer_units(model)
+        for unit in units:
             fully_shard(unit, mesh=mesh)
         fully_shard(model, mesh=mesh)
         # peft's generate() reaches the inner model without calling the root's forward, whose hook would
         # gather the root's own weights (embeddings, patch embedding): hook generate too.
         register_fsdp_forward_method(model, "generate")
+        params = list(model.parameters())
+        sharded = sum(p.numel() for p in params if hasattr(p, "full_tensor"))
+        log.info("FSDP: %d of %d parameters sharded over %d ranks, %d layer units", sharded,
+                 sum(p.numel() for p in params), mesh.size(), len(units))
 
     def lightning_module_state_dict(self) -> dict[str, Any]:
         module = self.lightning_module

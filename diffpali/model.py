@@ -15,9 +15,9 @@ from typing import Any, Optional
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
-from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+from transformers import BitsAndBytesConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
 from .attention import VARIANTS
 from .config import AttnConfig, FfnConfig, LoraConfig, ModelConfig, TinySpec
@@ -107,7 +107,13 @@ def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, Pali
         check_files(Path(location), base_remedy(Path(location)), required=("config.json",))
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = PaliGemmaProcessor.from_pretrained(location, **kwargs)
+    if cfg.quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
     model = PaliGemmaForConditionalGeneration.from_pretrained(location, dtype=DTYPES[cfg.dtype], **kwargs)
+    if cfg.quantization == "nf4":  # freezes the base, keeps norms and embeddings in float32
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model, processor
 
 

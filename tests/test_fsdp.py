@@ -81,11 +81,14 @@ def test_fsdp_through_train_py_shards_the_model_and_trains_and_scores_as_ddp_doe
 @pytest.mark.slow
 def test_an_fsdp_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_adapter(fsdp_run, tmp_path):
     run_dir = tmp_path / "killed"
-    proc = subprocess.Popen(command(run_dir, [*FSDP, "test_after_fit=false"]), cwd=ROOT, env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as stderr:
+        proc = subprocess.Popen(command(run_dir, [*FSDP, "test_after_fit=false"]), cwd=ROOT, env=ENV,
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     while not last.exists() and proc.poll() is None:
         time.sleep(0.02)
+    assert proc.poll() is None, errors.read_text()[-3000:]
     os.killpg(proc.pid, signal.SIGKILL)  # both ranks, mid-run
     proc.wait()
     assert not (run_dir / "adapter").exists(), "the run ended before the kill: nothing was resumed"

@@ -34,6 +34,9 @@ class ModelConfig:
     #: source=random builds it). null: read from the loaded model only
     architecture: Optional[str] = None
     depth: Optional[int] = None  #: source=random: cut each tower to this many layers (shape checks); null: full
+    #: nf4: load the base's linear layers in 4-bit NormalFloat (QLoRA; bitsandbytes: pip install -e '.[qlora]'),
+    #: computing in ``dtype``; null: every weight in ``dtype``
+    quantization: Optional[str] = None
 
     def validate(self, key: str = "model") -> None:
         choice(f"{key}.source", self.source, ("zoo", "pretrained", "random"))
@@ -44,6 +47,8 @@ class ModelConfig:
         if self.depth is not None and self.depth < 1:
             fail(f"{key}.depth", self.depth, "must be >= 1 or null (the full depth)")
         choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.quantization is not None:
+            choice(f"{key}.quantization", self.quantization, ("nf4",))
         if self.source == "pretrained" and not self.name_or_path:
             fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")
         vision, text = self.tiny.vision, self.tiny.text

@@ -114,6 +114,11 @@ def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, Pali
     model = PaliGemmaForConditionalGeneration.from_pretrained(location, dtype=DTYPES[cfg.dtype], **kwargs)
     if cfg.quantization == "nf4":  # freezes the base, keeps norms and embeddings in float32
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        for module in model.modules():
+            # bitsandbytes (0.50) repacks a 4-bit weight in place for CPU inference at its first eval-mode forward
+            # and never back; training after validation then fails ("a view of a leaf Variable ... in-place").
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     return model, processor
 
 

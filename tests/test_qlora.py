@@ -47,6 +47,8 @@ def test_lora_trains_on_a_4bit_base_and_its_adapter_reloads(variant, tmp_path):
     examples = [{"image": Image.new("RGB", (32, 32), (200, 0, 0)), "prefix": "answer en what color?",
                  "suffix": "red", "answers": ["red"] * 10, "category": "color", "question_id": k} for k in range(2)]
     batch = PaliGemmaCollator(processor, train=True)(examples)
+    with torch.no_grad():  # validation before training (train.py's sanity check) must leave the base trainable
+        model.eval()(**model_inputs(batch, with_labels=False))
     model.train()
     loss = model(**model_inputs(batch)).loss
     loss.backward()

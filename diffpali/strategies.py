@@ -16,6 +16,7 @@ from typing import Any, Optional, Union
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
+from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ class ShardedLoRA(ModelParallelStrategy):
     def shard(self, model: nn.Module) -> None:
         """``fully_shard`` each layer, then the root. Called from the module's ``configure_model``; idempotent
         (Lightning calls that hook again for ``trainer.test``)."""
-        from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
-
         if isinstance(model, FSDPModule):
             return
         mesh = self.device_mesh["data_parallel"]

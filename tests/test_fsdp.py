@@ -117,3 +117,15 @@ def test_fsdp_refuses_evaluations_after_the_fit_before_anything_loads():
                                     "score the saved adapter with evaluate.py")
     cfg = to_typed(compose_train(*overrides[2:], "output_dir=."), TrainConfig)  # without the evals: allowed on CPU
     assert cfg.trainer.strategy == "fsdp" and cfg.trainer.accelerator == "cpu"
+
+
+def test_fsdp_pads_an_evaluation_split_so_every_rank_runs_as_many_batches():
+    from diffpali.data.sampling import PaddedSplit, ShardSampler
+
+    split = [{"question_id": k} for k in range(5)]
+    padded = PaddedSplit(split, world_size=2)
+    shares = [[padded[i] for i in ShardSampler(len(padded), rank, 2)] for rank in (0, 1)]
+    assert [len(s) for s in shares] == [3, 3]
+    assert shares[1][-1] == {"question_id": 0, "padding": True}  # a marked copy, scored by nothing
+    real = sorted(r["question_id"] for share in shares for r in share if not r.get("padding"))
+    assert real == [0, 1, 2, 3, 4]  # every question once

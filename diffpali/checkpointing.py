@@ -4,8 +4,8 @@
   flushes it to disk and renames it over the old one: a kill during a save leaves the previous
   checkpoint whole. It loads with ``torch.load(weights_only=True)``: tensors and plain containers,
   no pickled code.
-- :class:`RNGState` keeps the global random generators in every checkpoint and puts them back
-  just before the first batch after a resume (LoRA dropout draws from them).
+- :class:`RNGState` keeps the global random generators (every rank's) in every checkpoint and puts them
+  back just before the first batch after a resume (LoRA dropout draws from them).
 - :func:`run_signature` names what fixes the model's shape (base, variants, LoRA); every checkpoint
   carries it, and :func:`check_checkpoint` refuses one written for another model, naming each field
   that differs, before the model is even loaded.
@@ -190,6 +190,11 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _world_size() -> int:
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return torch.distributed.get_world_size() if distributed else 1
+
+
 class RNGState(Callback):
     """Saves the RNG states with each checkpoint; restores them before the first batch after a resume.
 
@@ -201,9 +206,20 @@ class RNGState(Callback):
         self._pending: Optional[dict[str, Any]] = None
 
     def state_dict(self) -> dict[str, Any]:
-        return capture_rng()
+        """One process: its generators. Several (DDP, FSDP): every rank's, gathered, since each rank draws its
+        own LoRA dropout masks and rank 0 alone writes the checkpoint. Lightning builds the checkpoint's
+        contents in every rank, so every rank takes part in the gather."""
+        state = capture_rng()
+        world = _world_size()
+        if world == 1:
+            return state
+        states: list[Any] = [None] * world
+        torch.distributed.all_gather_object(states, state)
+        return {"ranks": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "ranks" in state_dict:  # the checkpoint's world size equals this run's (VQADataModule checks it)
+            state_dict = state_dict["ranks"][torch.distributed.get_rank() if _world_size() > 1 else 0]
         self._pending = state_dict
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:

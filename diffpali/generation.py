@@ -15,10 +15,12 @@ def clean_answer(text: str) -> str:
 
 
 @torch.no_grad()
-def generate_answers(model: Any, processor: Any, batch: dict[str, Any], max_new_tokens: int) -> list[str]:
+def generate_answers(model: Any, processor: Any, batch: dict[str, Any], max_new_tokens: int,
+                     synced: bool = False) -> list[str]:
     """Greedy decoding with the KV cache over a left-padded batch; decodes only the new tokens.
 
-    ``token_type_ids`` are passed through: without them generation loses the prefix-LM mask.
+    ``token_type_ids`` are passed through: without them generation loses the prefix-LM mask. ``synced``
+    (a sharded model): every rank keeps stepping until all are done, since each step gathers from all.
     """
     inputs = model_inputs(batch, with_labels=False)
     prompt_length = inputs["input_ids"].shape[1]
@@ -28,6 +30,7 @@ def generate_answers(model: Any, processor: Any, batch: dict[str, Any], max_new_
         do_sample=False,
         num_beams=1,
         use_cache=True,
+        synced_gpus=synced,
         pad_token_id=processor.tokenizer.pad_token_id,
         eos_token_id=processor.tokenizer.eos_token_id,
     )

@@ -12,13 +12,15 @@ import lightning as L
 
 from .lambda_history import step_of
 from .paths import LAMBDA_HISTORY_FILE
+from .strategies import shards_parameters
 from .surgery import lambda_values
 
 
 class LambdaHistory(L.Callback):
     """Appends every layer's lambda at the start of training and every ``log_every_n_steps`` steps.
 
-    Same cadence as the ``lambda/...`` metrics of :class:`~diffpali.lightning_module.DiffPaliModule`; rank zero only.
+    Same cadence as the ``lambda/...`` metrics of :class:`~diffpali.lightning_module.DiffPaliModule`; rank zero
+    writes (under FSDP every rank reads).
     """
 
     def __init__(self, run_dir: str | Path):
@@ -27,13 +29,17 @@ class LambdaHistory(L.Callback):
         self._vanilla = False
 
     def _record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
         if self._vanilla:
             return
+        sharded = shards_parameters(trainer.strategy)
+        if not trainer.is_global_zero and not sharded:
+            return
+        # Under FSDP a lambda's weights are shards: every rank joins the gathers that reading it takes.
         values = lambda_values(pl_module.model if hasattr(pl_module, "model") else pl_module)
         if not values:
             self._vanilla = True  # no differential layer now, none later: stop walking the model
+            return
+        if not trainer.is_global_zero:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as handle:

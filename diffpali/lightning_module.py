@@ -19,6 +19,7 @@ from .generation import generate_answers
 from .metrics import VQAAccuracy, categories_for, vqa_accuracy
 from .model import frozen_variant_names
 from .nonfinite import NonFiniteError, first_nonfinite_grad, nonfinite_report
+from .strategies import shards_parameters
 from .surgery import lambda_values
 
 log = logging.getLogger(__name__)
@@ -207,11 +208,14 @@ class DiffPaliModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- evaluation
-    def _score(self, batch: dict[str, Any], metric: VQAAccuracy) -> list[str]:
-        predictions = generate_answers(self.model, self.processor, batch, self.max_new_tokens)
-        meta = batch["meta"]
-        metric.update(predictions, [m["answers"] for m in meta], [m["category"] for m in meta])
-        return predictions
+    def _score(self, batch: dict[str, Any], metric: VQAAccuracy) -> list[tuple[dict[str, Any], str]]:
+        """(record, prediction) of each real record; FSDP's padding copies (data/sampling.py) are decoded
+        with the others but scored by nothing."""
+        predictions = generate_answers(self.model, self.processor, batch, self.max_new_tokens,
+                                       synced=shards_parameters(self.trainer.strategy))
+        scored = [(m, p) for m, p in zip(batch["meta"], predictions) if not m.get("padding")]
+        metric.update([p for _, p in scored], [m["answers"] for m, _ in scored], [m["category"] for m, _ in scored])
+        return scored
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._score(batch, self.val_metric)
@@ -220,8 +224,7 @@ class DiffPaliModule(L.LightningModule):
         self._log_metric("val", self.val_metric)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        predictions = self._score(batch, self.test_metric)
-        for record, prediction in zip(batch["meta"], predictions):
+        for record, prediction in self._score(batch, self.test_metric):
             if len(self.test_predictions) < self.log_predictions:
                 self.test_predictions.append(
                     {
@@ -248,6 +251,18 @@ class DiffPaliModule(L.LightningModule):
         metric.reset()
 
     # ---------------------------------------------------------------- checkpoints
+    def configure_model(self) -> None:
+        """Under ``trainer.strategy=fsdp`` (:class:`~diffpali.strategies.ShardedLoRA`) the strategy shards the
+        model here, once its process group exists; other strategies have no ``shard`` and leave it whole."""
+        shard = getattr(self.trainer.strategy, "shard", None)
+        if shard is not None:
+            shard(self.model)
+
+    def checkpoint_keys(self) -> set[str]:
+        """The state-dict keys a checkpoint keeps: trainable tensors and a variant's frozen copies."""
+        trainable, frozen_copies = self._saved_keys()
+        return trainable | frozen_copies
+
     def _saved_keys(self) -> tuple[set[str], set[str]]:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         frozen_copies = {f"model.{n}" for n in frozen_variant_names(self.model)}

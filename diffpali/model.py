@@ -11,13 +11,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 from safetensors.torch import load_file, save_file
-from transformers import PaliGemmaForConditionalGeneration, PaliGemmaProcessor
+from transformers import BitsAndBytesConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 
 from .attention import VARIANTS
 from .config import AttnSettings, FfnConfig, LoraConfig, ModelConfig, TinySpec, settings_from_record
@@ -106,7 +106,18 @@ def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, Pali
         check_files(Path(location), base_remedy(Path(location)), required=("config.json",))
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = PaliGemmaProcessor.from_pretrained(location, **kwargs)
+    if cfg.quantization == "nf4":
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
     model = PaliGemmaForConditionalGeneration.from_pretrained(location, dtype=DTYPES[cfg.dtype], **kwargs)
+    if cfg.quantization == "nf4":  # freezes the base, keeps norms and embeddings in float32
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        for module in model.modules():
+            # bitsandbytes (0.50) repacks a 4-bit weight in place for CPU inference at its first eval-mode forward
+            # and never back; training after validation then fails ("a view of a leaf Variable ... in-place").
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
     return model, processor
 
 
@@ -196,11 +207,15 @@ def frozen_variant_names(model: torch.nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if not p.requires_grad and _FROZEN_COPY.search(n)]
 
 
-def save_adapter(model: PeftModel, adapter_dir: str | Path, variants: dict[str, Any]) -> None:
-    """Write the adapter, the variants' frozen copies (both safetensors) and the settings to rebuild the model."""
+def save_adapter(model: PeftModel, adapter_dir: str | Path, variants: dict[str, Any],
+                 state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Write the adapter, the variants' frozen copies (both safetensors) and the settings to rebuild the model.
+
+    ``state_dict``: whole tensors by the model's own names, for a model whose parameters are shards (FSDP);
+    null: the model's parameters as they are."""
     adapter_dir = Path(adapter_dir)
-    model.save_pretrained(str(adapter_dir), safe_serialization=True)
-    params = dict(model.named_parameters())
+    model.save_pretrained(str(adapter_dir), safe_serialization=True, state_dict=state_dict)
+    params = dict(model.named_parameters()) if state_dict is None else state_dict
     frozen = {n: params[n].detach().contiguous() for n in frozen_variant_names(model)}
     if frozen:
         save_file(frozen, str(adapter_dir / VARIANT_WEIGHTS_FILE))

@@ -34,6 +34,7 @@ from .loggers import log_pictures, log_table, make_logger, saved_run_id
 from .model import build_model, load_adapter, load_base, save_adapter
 from .paths import ADAPTER_DIR, CHECKPOINT_DIR, EVALS_DIR, ITEMS_FILE, METRICS_FILE, adapter_dir_of
 from .progress import ConsoleProgress
+from .strategies import lightning_strategy, whole_model_state
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ def fit(run: Run) -> tuple[L.Trainer, float]:
     if cfg.trainer.enable_progress_bar:
         callbacks.append(ConsoleProgress())  # in place of Lightning's bar: see diffpali/console.py
     trainer = L.Trainer(
-        **{**asdict(cfg.trainer), "enable_progress_bar": False},  # the config's bar is ours, added above
+        **{**asdict(cfg.trainer), "enable_progress_bar": False,  # the config's bar is ours, added above
+           "strategy": lightning_strategy(cfg.trainer.strategy)},
         enable_model_summary=False,  # the parameter counts are logged above, in one line
         logger=run.logger if run.logger is not None else False,
         callbacks=callbacks,
@@ -137,11 +139,13 @@ def fit(run: Run) -> tuple[L.Trainer, float]:
     fit_seconds = time.time() - fit_started
 
     adapter_dir = out / ADAPTER_DIR
+    whole = whole_model_state(trainer.strategy)  # FSDP: the adapter's shards gathered, in every rank at once
     if trainer.is_global_zero:
         save_adapter(
             run.module.model,
             adapter_dir,
             {"model": asdict(cfg.model), "attn": asdict(cfg.attn), "ffn": asdict(cfg.ffn), "lora": asdict(cfg.lora)},
+            state_dict=whole,
         )
         log.info("adapter saved to %s", adapter_dir)
     return trainer, fit_seconds

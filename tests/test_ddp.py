@@ -71,27 +71,3 @@ def test_a_batch_unreadable_in_one_rank_is_skipped_by_every_rank_together(tmp_pa
     assert [r["schedule_steps"] for r in ranks] == [3, 3]
     for name, tensor in ranks[0]["params"].items():
         assert torch.equal(tensor, ranks[1]["params"][name]), name
-
-
-FSDP2 = Path(__file__).parent / "scripts" / "fsdp2_cpu.py"
-
-
-@pytest.mark.slow
-def test_fsdp2_shards_the_model_over_two_cpu_processes_and_trains_as_ddp_does(tmp_path):
-    """torch's FSDP2 (Lightning's ModelParallelStrategy) on gloo: same losses and weights as DDP, every tensor
-    sharded."""
-    results = {}
-    for strategy in ("fsdp2", "ddp"):
-        (tmp_path / strategy).mkdir()
-        proc = subprocess.run([sys.executable, str(FSDP2), str(tmp_path / strategy), strategy],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        results[strategy] = [torch.load(tmp_path / strategy / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    fsdp, ddp = results["fsdp2"], results["ddp"]
-    assert [r["step"] for r in fsdp] == [3, 3]
-    assert fsdp[0]["sharded"] == len(fsdp[0]["params"]) > 0 and ddp[0]["sharded"] == 0
-    for rank in (0, 1):
-        assert fsdp[rank]["losses"] == pytest.approx(ddp[rank]["losses"], rel=1e-5)
-    for name, tensor in ddp[0]["params"].items():
-        assert torch.allclose(fsdp[0]["params"][name], tensor, atol=1e-6), name
-        assert torch.equal(fsdp[0]["params"][name], fsdp[1]["params"][name]), name

@@ -288,7 +288,8 @@ def test_empty_questions_and_missing_answers_or_files_are_named(tmp_path):
          "ckpt_path='/no/such.ckpt': must be an existing checkpoint file, \"last\", \"auto\" or null"),
         ("model=paligemma_3b_224 model.name_or_path=/no/such/dir",
          "model.name_or_path='/no/such/dir': local directory does not exist (or give a Hub id)"),
-        ("trainer.strategy=fsdp", "trainer.strategy='fsdp': FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp"),
+        ("trainer=fsdp trainer.precision=16-mixed",
+         "trainer.precision='16-mixed': must be one of 32-true, bf16-mixed, bf16-true"),
     ],
 )
 def test_every_bad_value_is_named_with_what_is_allowed(override, message):

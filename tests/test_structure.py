@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                     "diffpali.config", "diffpali.plan")),
     ("core", ("diffpali.attention", "diffpali.branches", "diffpali.towers", "diffpali.metrics", "diffpali.nonfinite",
               "diffpali.generation",
-              "diffpali.progress", "diffpali.data", "diffpali.scenes")),
+              "diffpali.progress", "diffpali.data", "diffpali.scenes", "diffpali.strategies")),
     ("model", ("diffpali.surgery", "diffpali.ffn", "diffpali.zoo", "diffpali.model", "diffpali.checkpointing",
                "diffpali.lambda_callback", "diffpali.loggers", "diffpali.lightning_module")),
     ("evals and report", ("diffpali.evals", "diffpali.report")),

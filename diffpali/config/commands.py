@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Optional
@@ -88,9 +89,33 @@ class TrainConfig:
             fail("plan_budget_gib", self.plan_budget_gib, "must be > 0 or null (the device's memory)")
         positive("plan_text_tokens", self.plan_text_tokens)
         groups.check_local_model(self.model)
-        if self.trainer.strategy.startswith("fsdp") and self.trainer.accelerator not in ("gpu", "cuda"):
-            # Lightning 2.x refuses FSDP without CUDA (its own ValueError, after the data and model have loaded).
-            fail("trainer.strategy", self.trainer.strategy, "FSDP needs GPUs (trainer.accelerator=gpu); on CPU use ddp")
+        if self.model.quantization is not None:
+            check_quantized(self)
+        if self.trainer.strategy == "fsdp":
+            # Lightning's ModelParallelStrategy takes no other precision (its own ValueError, after loading).
+            choice("trainer.precision", self.trainer.precision, ("32-true", "bf16-mixed", "bf16-true"))
+            if self.evals:  # they run in rank 0 alone, and every forward of a sharded model needs every rank
+                fail("evals", sorted(self.evals), "not run under trainer.strategy=fsdp (the model is sharded "
+                     "over the ranks): score the saved adapter with evaluate.py")
+
+
+def check_quantized(cfg: TrainConfig) -> None:
+    """A 4-bit base (model.quantization=nf4) holds its linear weights packed, two 4-bit codes a byte: a variant
+    that copies a pretrained projection into a new one (diff_dup's Q2/K2, diff_v2's Q2, SigLIP's SwiGLU gate
+    from fc1) would copy the packed codes, and the noise that breaks the branches' symmetry cannot be added to
+    them; FSDP2 cannot shard packed weights either."""
+    key = f"model.quantization={cfg.model.quantization!r}"
+    if cfg.attn.variant == "diff_v2" or (cfg.attn.variant == "diff_dup" and cfg.attn.dup_mode != "shared"):
+        fail("attn.variant", cfg.attn.variant, f"copies pretrained q/k projections, which {key} packs in 4 bits; "
+             "allowed with it: vanilla, diff_split, diff_dup with attn.dup_mode=shared")
+    if cfg.ffn.variant == "swiglu" and "vision" in cfg.ffn.towers:
+        fail("ffn.variant", cfg.ffn.variant, f"builds SigLIP's gate from fc1, which {key} packs in 4 bits; "
+             "use ffn=mlp or ffn.towers=[text]")
+    if cfg.trainer.strategy == "fsdp":
+        fail("trainer.strategy", cfg.trainer.strategy, f"FSDP cannot shard the packed weights of {key}: "
+             "QLoRA is for one device")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        fail("model.quantization", cfg.model.quantization, "needs bitsandbytes: pip install -e '.[qlora]'")
 
 
 EVAL_TASKS = ("vqa", "mmneedle", "pope", "attention", "distractors")

@@ -39,6 +39,9 @@ class ModelConfig:
     #: checkpoint, through transformers' gradient_checkpointing_enable): activation memory of one layer per
     #: tower instead of all, for about one more forward of compute; takes effect in training mode only
     activation_checkpointing: bool = False
+    #: nf4: load the base's linear layers in 4-bit NormalFloat (QLoRA; bitsandbytes: pip install -e '.[qlora]'),
+    #: computing in ``dtype``; null: every weight in ``dtype``
+    quantization: Optional[str] = None
 
     def validate(self, key: str = "model") -> None:
         choice(f"{key}.source", self.source, ("zoo", "pretrained", "random"))
@@ -49,6 +52,8 @@ class ModelConfig:
         if self.depth is not None and self.depth < 1:
             fail(f"{key}.depth", self.depth, "must be >= 1 or null (the full depth)")
         choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
+        if self.quantization is not None:
+            choice(f"{key}.quantization", self.quantization, ("nf4",))
         if self.source == "pretrained" and not self.name_or_path:
             fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")
         vision, text = self.tiny.vision, self.tiny.text

@@ -13,9 +13,10 @@ import lightning as L
 import torch
 
 from ..config import DataConfig
+from ..strategies import shards_parameters
 from .collate import PaliGemmaCollator, VQAExamples, to_device
 from .easy_vqa import load_easy_vqa
-from .sampling import ResumableSampler, ShardSampler
+from .sampling import PaddedSplit, ResumableSampler, ShardSampler
 from .vqav2 import load_vqav2
 
 SPLITS = ("train", "validation", "test")
@@ -69,12 +70,15 @@ class VQADataModule(L.LightningDataModule):
 
     def _eval_loader(self, split: str) -> torch.utils.data.DataLoader:
         rank, world = self._ranks()
-        sampler = ShardSampler(len(self.datasets[split]), rank, world)
-        return self._loader(split, sampler=sampler, batch_size=self.cfg.eval_batch_size)
+        examples: torch.utils.data.Dataset = self.datasets[split]
+        if world > 1 and shards_parameters(self.trainer.strategy):
+            examples = PaddedSplit(self.datasets[split], world)  # FSDP: every rank runs as many batches
+        sampler = ShardSampler(len(examples), rank, world)
+        return self._loader(split, sampler=sampler, batch_size=self.cfg.eval_batch_size, dataset=examples)
 
-    def _loader(self, split: str, **sampling: Any) -> torch.utils.data.DataLoader:
+    def _loader(self, split: str, dataset: Any = None, **sampling: Any) -> torch.utils.data.DataLoader:
         return torch.utils.data.DataLoader(
-            self.datasets[split],
+            self.datasets[split] if dataset is None else dataset,
             num_workers=self.cfg.num_workers,
             collate_fn=self._collate(train=split == "train"),
             persistent_workers=self.cfg.num_workers > 0,

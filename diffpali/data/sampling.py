@@ -8,11 +8,12 @@ batches is the k-th batch of one process at ``world_size`` times the batch size.
 
 Evaluation uses :class:`ShardSampler`: each rank scores a disjoint slice and nothing is padded,
 so no question is counted twice (``DistributedSampler`` repeats samples to even out the ranks).
+Under FSDP the split is first padded (:class:`PaddedSplit`) with marked copies that no metric counts.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -79,3 +80,21 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(range(self.rank, self.size, self.world_size))
+
+
+class PaddedSplit(torch.utils.data.Dataset):
+    """An evaluation split padded to a multiple of ``world_size`` with copies of its first records, each marked
+    ``padding=True`` (scored by no metric). Under FSDP every forward gathers weights from every rank, so the
+    ranks must run as many batches; DDP's unpadded shards would leave one rank waiting in a gather."""
+
+    def __init__(self, examples: Any, world_size: int) -> None:
+        self.examples = examples
+        self.size = -(-len(examples) // world_size) * world_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if index < len(self.examples):
+            return self.examples[index]
+        return {**self.examples[index % len(self.examples)], "padding": True}

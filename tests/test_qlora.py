@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffpali.config import AttnConfig, ConfigError, FfnConfig, LoraConfig, ModelConfig, TrainConfig, TrainerConfig
+from diffpali.config import ConfigError, FfnConfig, LoraConfig, ModelConfig, TrainConfig, TrainerConfig, settings_for
 from diffpali.config.commands import check_quantized
 
 
 @pytest.mark.parametrize("attn, ffn, trainer, key", [
-    (AttnConfig(variant="diff_dup"), FfnConfig(), TrainerConfig(), "attn.variant='diff_dup': copies pretrained q/k"),
-    (AttnConfig(variant="diff_v2"), FfnConfig(), TrainerConfig(), "attn.variant='diff_v2': copies pretrained q/k"),
-    (AttnConfig(), FfnConfig(variant="swiglu"), TrainerConfig(), "ffn.variant='swiglu': builds SigLIP's gate"),
-    (AttnConfig(), FfnConfig(), TrainerConfig(strategy="fsdp"), "trainer.strategy='fsdp': FSDP cannot shard"),
+    (settings_for("diff_dup_separate"), FfnConfig(), TrainerConfig(), "attn.variant='diff_dup': copies pretrained q/k"),
+    (settings_for("diff_v2"), FfnConfig(), TrainerConfig(), "attn.variant='diff_v2': copies pretrained q/k"),
+    (settings_for("vanilla"), FfnConfig(variant="swiglu"), TrainerConfig(), "ffn.variant='swiglu': builds SigLIP"),
+    (settings_for("vanilla"), FfnConfig(), TrainerConfig(strategy="fsdp"), "trainer.strategy='fsdp': FSDP cannot"),
 ])
 def test_a_4bit_base_refuses_what_would_copy_or_shard_its_packed_weights(attn, ffn, trainer, key):
     cfg = TrainConfig(model=ModelConfig(quantization="nf4"), attn=attn, ffn=ffn, trainer=trainer)
@@ -25,7 +25,7 @@ def test_a_4bit_base_refuses_what_would_copy_or_shard_its_packed_weights(attn, f
 
 def test_a_4bit_base_allows_the_variants_that_add_no_copy():
     pytest.importorskip("bitsandbytes")
-    for attn in (AttnConfig(), AttnConfig(variant="diff_split"), AttnConfig(variant="diff_dup", dup_mode="shared")):
+    for attn in (settings_for("vanilla"), settings_for("diff_split"), settings_for("diff_dup_shared")):
         check_quantized(TrainConfig(model=ModelConfig(quantization="nf4"), attn=attn,
                                     ffn=FfnConfig(variant="swiglu", towers=["text"])))
 
@@ -37,7 +37,7 @@ def test_lora_trains_on_a_4bit_base_and_its_adapter_reloads(variant, tmp_path):
     from diffpali.model import build_model, load_adapter, load_base, save_adapter
 
     model_cfg = ModelConfig(quantization="nf4")
-    attn, lora = AttnConfig(variant=variant), LoraConfig(rank=4, alpha=8, dropout=0.0)
+    attn, lora = settings_for(variant), LoraConfig(rank=4, alpha=8, dropout=0.0)
     model, processor = build_model(model_cfg, attn, FfnConfig(), lora)
     packed = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert any("language_model" in n for n in packed) and any("vision_tower" in n for n in packed)

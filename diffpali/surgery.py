@@ -1,8 +1,11 @@
-"""Apply an attention variant to a loaded PaliGemma, through transformers' attention plug-in points.
+"""Apply an attention variant to a loaded PaliGemma or PaliGemma 2, through transformers' attention plug-in points.
 
 Each variant's kernel (:data:`diffpali.attention.VARIANTS`) is registered as an ``AttentionInterface``
-function, with transformers' SDPA wrapper as its ``attend``, and selected per tower with
-``set_attn_implementation``; the attention modules keep their stock forward. The name is not saved
+function and selected per tower with ``set_attn_implementation``; the attention modules keep their
+stock forward. Its ``attend`` is transformers' SDPA wrapper, except for a module that soft-caps its
+logits (Gemma 2 passes ``softcap=``): SDPA cannot soft-cap, so there ``attend`` is Gemma 2's own eager
+attention, soft-capping every branch's logits before its softmax, with the layer's own mask (full or
+sliding window) as stock eager builds it. The name is not saved
 in ``config.json``, so every process that builds or reloads a model must run :func:`apply_attention`
 (or at least :func:`ensure_registered`, which importing this module also does).
 
@@ -16,39 +19,62 @@ the config's KV heads, is not supported with such a branch.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 from transformers.models.gemma.modeling_gemma import GemmaAttention
+from transformers.models.gemma2.modeling_gemma2 import Gemma2Attention
+from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward as softcapped_eager_forward
 from transformers.models.siglip.modeling_siglip import SiglipAttention
 
 from .attention import VARIANTS, AttentionVariant, variant_for
 from .config import AttnConfig
 
 IMPLEMENTATION_PREFIX = "diffpali_"
-#: Per tower: module-name prefix inside PaliGemmaForConditionalGeneration, its attention class,
-#: and the sub-config key ``set_attn_implementation`` takes.
-TOWERS: dict[str, tuple[str, type[nn.Module], str]] = {
-    "text": ("model.language_model.", GemmaAttention, "text_config"),
-    "vision": ("model.vision_tower.", SiglipAttention, "vision_config"),
+#: Per tower: module-name prefix inside PaliGemmaForConditionalGeneration, its attention classes
+#: (an ``isinstance`` tuple: Gemma for PaliGemma, Gemma 2 for PaliGemma 2), and the sub-config key
+#: ``set_attn_implementation`` takes.
+TOWERS: dict[str, tuple[str, tuple[type[nn.Module], ...], str]] = {
+    "text": ("model.language_model.", (GemmaAttention, Gemma2Attention), "text_config"),
+    "vision": ("model.vision_tower.", (SiglipAttention,), "vision_config"),
 }
 
 
 def implementation_name(variant: type[AttentionVariant]) -> str:
-    """The name a variant's kernel is registered under (vanilla runs the stock ``sdpa``)."""
+    """The name a variant's kernel is registered under (vanilla runs the stock ``sdpa``, or ``eager`` on Gemma 2)."""
     return "sdpa" if not variant.differential else IMPLEMENTATION_PREFIX + variant.key()
 
 
-def sdpa_kernel(variant: type[AttentionVariant]) -> Callable:
-    """``variant.kernel`` as an ``AttentionInterface`` function, attending with transformers' SDPA wrapper."""
+def variant_mask(*args, config=None, **kwargs) -> Optional[torch.Tensor]:
+    """The mask function registered with every variant: the one stock transformers would use for ``config``.
+
+    A soft-capped decoder (Gemma 2) runs eager in stock transformers, so it gets the eager mask (float,
+    0 or the dtype's minimum, never skipped for ``is_causal``), which its eager ``attend`` adds to the
+    soft-capped logits exactly as stock does; everything else gets the SDPA mask. transformers builds
+    the pattern itself (causal, sliding window, PaliGemma's bidirectional prefix, padding) and passes
+    it here as ``mask_function``, so each layer gets its own full or sliding-window mask.
+    """
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return eager_mask(*args, config=config, **kwargs)
+    return sdpa_mask(*args, config=config, **kwargs)
+
+
+def kernel_function(variant: type[AttentionVariant]) -> Callable:
+    """``variant.kernel`` as an ``AttentionInterface`` function: SDPA ``attend``, or a soft-capping eager one."""
 
     def attention(module: nn.Module, query, key, value, attention_mask, *, scaling: float, dropout: float = 0.0,
-                  **kwargs) -> tuple[torch.Tensor, None]:
-        def attend(q, k, v, mask, scale):
-            return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scale, **kwargs)[0]
+                  softcap: Optional[float] = None, **kwargs) -> tuple[torch.Tensor, None]:
+        if softcap is None:
+            def attend(q, k, v, mask, scale):
+                return sdpa_attention_forward(module, q, k, v, mask, dropout=dropout, scaling=scale, **kwargs)[0]
+        else:  # Gemma 2: tanh(s / cap) * cap on each call's logits, i.e. on each branch before its softmax
+            def attend(q, k, v, mask, scale):
+                return softcapped_eager_forward(module, q, k, v, mask, dropout=dropout, scaling=scale,
+                                                softcap=softcap)[0]
 
         return variant.kernel(module, query, key, value, attention_mask, scaling, attend), None
 
@@ -70,20 +96,20 @@ def ensure_registered() -> None:
     for variant in VARIANTS.values():
         name = implementation_name(variant)
         if variant.differential and name not in IMPLEMENTATIONS:
-            IMPLEMENTATIONS[name] = sdpa_kernel(variant)
+            IMPLEMENTATIONS[name] = kernel_function(variant)
             AttentionInterface.register(name, IMPLEMENTATIONS[name])
-            AttentionMaskInterface.register(name, sdpa_mask)
+            AttentionMaskInterface.register(name, variant_mask)
 
 
 def attention_modules(model: nn.Module, tower: str) -> list[tuple[str, nn.Module]]:
     """(name, module) of a tower's attention modules, in depth order (bare or peft-wrapped model)."""
-    prefix, cls, _ = TOWERS[tower]
+    prefix, classes, _ = TOWERS[tower]
     # a peft wrapper prepends "base_model.model." to the names, hence `in`, not startswith
-    found = [(n, m) for n, m in model.named_modules() if prefix in n and isinstance(m, cls)]
+    found = [(n, m) for n, m in model.named_modules() if prefix in n and isinstance(m, classes)]
     if not found:
         raise NotImplementedError(
-            f"attn.towers={tower}: no {cls.__name__} under '{prefix}'; diff variants support "
-            "PaliGemma (Gemma text, SigLIP vision) only"
+            f"attn.towers={tower}: no {' or '.join(c.__name__ for c in classes)} under '{prefix}'; diff variants "
+            "support PaliGemma and PaliGemma 2 (Gemma or Gemma 2 text, SigLIP vision) only"
         )
     return found
 
@@ -118,8 +144,8 @@ def lambda_values(model: nn.Module) -> dict[str, float]:
     modules are called (peft forwards calls to the trained copy), never read attribute by attribute.
     """
     values: dict[str, float] = {}
-    for tower, (prefix, cls, _) in TOWERS.items():
-        layers = [m for n, m in model.named_modules() if prefix in n and isinstance(m, cls) and
+    for tower, (prefix, classes, _) in TOWERS.items():
+        layers = [m for n, m in model.named_modules() if prefix in n and isinstance(m, classes) and
                   getattr(m, "diffpali_variant", None) is not None]
         for depth, module in enumerate(layers):
             for suffix, value in module.diffpali_variant.lambda_summary(module).items():

@@ -70,3 +70,30 @@ def diff_dup_lora_model(layers: int = 2):
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor))
     saved = apply_variants(model, AttnConfig(variant="diff_dup"), FfnConfig())
     return wrap_lora(model, LoraConfig(rank=4, alpha=8), saved), processor
+
+
+def tiny_paligemma2(processor, seed: int = 0):
+    """The ``tiny_paligemma2`` architecture (Gemma 2 decoder: soft-caps, sliding window, query_pre_attn_scalar)
+    with random float32 weights, sized to ``processor``'s vocabulary and image. Imports torch: for tests only."""
+    from dataclasses import replace
+
+    import torch
+
+    from diffpali.config.architectures import ARCHITECTURES
+    from diffpali.zoo.architecture import build_random
+
+    arch = ARCHITECTURES["tiny_paligemma2"]
+    arch = replace(arch, vision=replace(arch.vision, image_size=processor.image_processor.size["height"]),
+                   text=replace(arch.text, vocab_size=len(processor.tokenizer)))
+    return build_random(arch, torch.float32, seed=seed, image_token_index=processor.image_token_id)
+
+
+def sharpen_text_logits(model, factor: float = 40.0) -> None:
+    """Scale the decoder's query and key weights so its attention logits reach past Gemma 2's soft-cap of 50
+    (a random init's are ~1, where tanh(s / 50) * 50 is s to within 1e-4)."""
+    import torch
+
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".language_model." in name and (".q_proj." in name or ".k_proj." in name) and name.endswith("weight"):
+                param.mul_(factor)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from helpers import small_spec
+from helpers import sharpen_text_logits, small_spec, tiny_paligemma2
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import PaliGemmaForConditionalGeneration
@@ -36,6 +36,25 @@ EXACT = dict(
     branch_noise=0.0,
     head_norm=False,
 )
+
+
+#: The two decoders PaliGemma ships with: Gemma (PaliGemma) and Gemma 2 (PaliGemma 2: soft-capped logits,
+#: a sliding window shorter than the test sequences, query_pre_attn_scalar != head_dim, GQA).
+DECODERS = ("gemma", "gemma2")
+
+
+def build_tiny(decoder: str, processor) -> PaliGemmaForConditionalGeneration:
+    """A seeded random tiny PaliGemma with the given decoder (fp32, eval mode); the same weights every call."""
+    if decoder == "gemma2":
+        return tiny_paligemma2(processor, seed=0)
+    torch.manual_seed(0)
+    return PaliGemmaForConditionalGeneration(build_config(small_spec(), processor)).eval()
+
+
+@pytest.fixture(params=DECODERS)
+def decoder_model(request, tiny_processor):
+    """``tiny_model``, once with each decoder."""
+    return build_tiny(request.param, tiny_processor)
 
 
 def attn(**fields) -> AttnConfig:
@@ -71,13 +90,15 @@ def scale_values(model, factor: float) -> None:
 # ------------------------------------------------------------------------------------------
 # 1. vanilla and registration
 # ------------------------------------------------------------------------------------------
-def test_vanilla_touches_nothing(tiny_model, tiny_batch):
+def test_vanilla_touches_nothing(decoder_model, tiny_batch):
+    tiny_model = decoder_model
     untouched = copy.deepcopy(tiny_model)
     inputs = model_inputs(tiny_batch, with_labels=False)
     assert apply_attention(tiny_model, attn(variant="vanilla")) == []
     assert torch.equal(logits(tiny_model, inputs), logits(untouched, inputs))
     assert tiny_model.state_dict().keys() == untouched.state_dict().keys()
-    assert tiny_model.config.text_config._attn_implementation == "sdpa"
+    stock = "eager" if tiny_model.config.text_config.model_type == "gemma2" else "sdpa"  # SDPA cannot soft-cap
+    assert tiny_model.config.text_config._attn_implementation == stock
 
 
 def test_registration_is_idempotent_and_includes_masks():
@@ -102,18 +123,29 @@ def to_heads(x: torch.Tensor, dim: int) -> torch.Tensor:
     return x.view(*x.shape[:2], -1, dim).transpose(1, 2)
 
 
-def prefix_lm_allowed(batch: dict) -> torch.Tensor:
-    """(batch, 1, q, k) True where attending is allowed: non-pad keys, causal, bidirectional in the prefix."""
+def prefix_lm_allowed(batch: dict, window: int | None = None) -> torch.Tensor:
+    """(batch, 1, q, k) True where attending is allowed: non-pad keys, causal, bidirectional in the prefix.
+
+    ``window`` (a Gemma 2 sliding layer): the causal part reaches back fewer than ``window`` positions;
+    inside the bidirectional prefix the window does not apply (transformers' convention).
+    """
     keep = batch["attention_mask"].bool()
     prefix = batch["token_type_ids"] == 0
     steps = torch.arange(keep.shape[1])
     causal = steps[None, :, None] >= steps[None, None, :]
+    if window is not None:
+        causal = causal & (steps[None, :, None] - steps[None, None, :] < window)
     both_prefix = prefix[:, :, None] & prefix[:, None, :]
     return ((causal | both_prefix) & keep[:, None, :])[:, None]
 
 
-def reference_attention(module, hidden, rotary, allowed, cfg: AttnConfig, depth: int) -> torch.Tensor:
-    """Each variant written out from its equations: explicit softmax maps, gathered halves, repeated KV heads."""
+def reference_attention(module, hidden, rotary, allowed, cfg: AttnConfig, depth: int,
+                        softcap: float | None = None) -> torch.Tensor:
+    """Each variant written out from its equations: explicit softmax maps, gathered halves, repeated KV heads.
+
+    Gemma 2: logits scaled by query_pre_attn_scalar ** -0.5 (diff_split: (query_pre_attn_scalar / 2) ** -0.5,
+    the same sqrt(2) a half-width head gets) and soft-capped, tanh(s / cap) * cap, before each softmax.
+    """
     key = next(k for k, v in VARIANTS.items() if all(getattr(cfg, f) == x for f, x in v.selects.items()))
     dim = module.head_dim
     second_query = key in ("diff_dup_separate", "diff_v2")
@@ -127,17 +159,23 @@ def reference_attention(module, hidden, rotary, allowed, cfg: AttnConfig, depth:
         q, k, q2, k2 = (rotate(t, cos, sin) for t in (q, k, q2, k2))
     groups = q.shape[1] // k.shape[1]
     k, k2, v = (t.repeat_interleave(groups, dim=1) for t in (k, k2, v))
-    scale = dim**-0.5
+    scalar = getattr(module.config, "query_pre_attn_scalar", None) or dim
+    scale = scalar**-0.5
     if key == "diff_split":  # half 1: rotary pairs (i, i + D/2) with even i; half 2: odd i
         first = [c for c in range(dim) if (c % (dim // 2)) % 2 == 0]
         second = [c for c in range(dim) if c not in first]
         q, k, q2, k2 = q[..., first], k[..., first], q[..., second], k[..., second]
-        scale = (dim // 2) ** -0.5
+        scale = (scalar / 2) ** -0.5
 
     def attention_map(queries, keys):
-        return (queries @ keys.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf")).softmax(-1)
+        scores = queries @ keys.transpose(-1, -2) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
+        return scores.masked_fill(~allowed, float("-inf")).softmax(-1)
 
-    if key == "diff_v2":  # lambda = gate * sigmoid(x W + b), per token and head; no head norm
+    if key == "vanilla":
+        heads = attention_map(q, k) @ v
+    elif key == "diff_v2":  # lambda = gate * sigmoid(x W + b), per token and head; no head norm
         lam_module = module.q_proj.diff_lambda
         lam = torch.sigmoid(hidden @ lam_module.proj.weight.T + lam_module.proj.bias) * lam_module.gate
         heads = attention_map(q, k) @ v - lam.transpose(1, 2)[..., None] * (attention_map(q2, k2) @ v)
@@ -161,9 +199,16 @@ def randomise_new_parts(model) -> None:
                 param.uniform_(0.5, 1.5) if "diff_norm" in name or "gate" in name else param.normal_(0, 0.3)
 
 
-@pytest.mark.parametrize("variant", DIFF)
-def test_fused_path_matches_eager_reference(tiny_model, tiny_batch, variant):
-    cfg = attn(**DIFF[variant])
+@pytest.mark.parametrize("variant", ALL)
+def test_fused_path_matches_eager_reference(decoder_model, tiny_batch, variant):
+    """Every variant on both decoders, every layer of both towers, against the oracle: padding, the prefix-LM mask,
+    and on Gemma 2 the soft-cap (made to bite) and the sliding window (shorter than the sequence)."""
+    tiny_model = decoder_model
+    text_config = tiny_model.config.text_config
+    softcap = getattr(text_config, "attn_logit_softcapping", None)
+    if softcap is not None:
+        sharpen_text_logits(tiny_model, 40.0)
+    cfg = attn(**ALL[variant])
     apply_attention(tiny_model, cfg)
     captured = []
 
@@ -178,23 +223,35 @@ def test_fused_path_matches_eager_reference(tiny_model, tiny_batch, variant):
         tiny_model(**model_inputs(tiny_batch, with_labels=False))
         depth_of = {m: d for t in ("text", "vision") for d, (_, m) in enumerate(attention_modules(tiny_model, t))}
         valid = tiny_batch["attention_mask"].bool()
-        towers_seen = set()
+        towers_seen, windows_seen = set(), set()
         for module, hidden, rotary, output in captured:
             text = rotary is not None
-            allowed = prefix_lm_allowed(tiny_batch) if text else torch.ones(1, 1, 1, 1, dtype=torch.bool)
-            expected = reference_attention(module, hidden, rotary, allowed, cfg, depth_of[module])
+            window = getattr(module, "sliding_window", None) if text else None
+            allowed = prefix_lm_allowed(tiny_batch, window) if text else torch.ones(1, 1, 1, 1, dtype=torch.bool)
+            cap = softcap if text else None
+            expected = reference_attention(module, hidden, rotary, allowed, cfg, depth_of[module], cap)
             rows = valid if text else slice(None)  # padded query rows are never read
             torch.testing.assert_close(output[rows], expected[rows], rtol=1e-4, atol=1e-5)
             towers_seen.add(text)
+            windows_seen.add(window)
+            size = expected[rows].abs().max()
+            if cap is not None:  # the soft-cap and the window both change this layer's output
+                uncapped = reference_attention(module, hidden, rotary, allowed, cfg, depth_of[module])
+                assert (uncapped[rows] - expected[rows]).abs().max() > 0.02 * size
+            if window is not None:
+                full = reference_attention(module, hidden, rotary, prefix_lm_allowed(tiny_batch), cfg,
+                                           depth_of[module], cap)
+                assert (full[rows] - expected[rows]).abs().max() > 0.02 * size
     assert towers_seen == {True, False}
+    assert windows_seen == ({None} if softcap is None else {None, text_config.sliding_window})
 
 
 # ------------------------------------------------------------------------------------------
 # 3. the mask is not lost
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ALL)
-def test_future_tokens_stay_invisible(tiny_model, tiny_batch, tiny_processor, variant):
-    model = converted(tiny_model, **ALL[variant])
+def test_future_tokens_stay_invisible(decoder_model, tiny_batch, tiny_processor, variant):
+    model = converted(decoder_model, **ALL[variant])
     padded = model_inputs(tiny_batch, with_labels=False)
     full_row = int(tiny_batch["attention_mask"].all(-1).nonzero()[0])
     unpadded = {k: v[full_row : full_row + 1] for k, v in padded.items()}
@@ -209,8 +266,8 @@ def test_future_tokens_stay_invisible(tiny_model, tiny_batch, tiny_processor, va
 
 
 @pytest.mark.parametrize("variant", ALL)
-def test_token_types_give_the_prefix_lm_mask(tiny_model, tiny_batch, variant):
-    model = converted(tiny_model, **ALL[variant])
+def test_token_types_give_the_prefix_lm_mask(decoder_model, tiny_batch, variant):
+    model = converted(decoder_model, **ALL[variant])
     inputs = model_inputs(tiny_batch, with_labels=False)
     causal_only = {k: v for k, v in inputs.items() if k != "token_type_ids"}
     assert (logits(model, inputs) - logits(model, causal_only)).abs().max() > 1e-3
@@ -374,21 +431,29 @@ def assert_cache_changes_nothing(model, processor):
 
 
 @pytest.mark.parametrize("variant", ALL)
-def test_generation_with_cache_matches_without(tiny_model, tiny_processor, variant):
-    model = converted(tiny_model, **ALL[variant])
+def test_generation_with_cache_matches_without(decoder_model, tiny_processor, variant):
+    """Gemma 2's cache is hybrid (a sliding-window layer, then a full one): the prompts outgrow the window."""
+    model = converted(decoder_model, **ALL[variant])
     cached = assert_cache_changes_nothing(model, tiny_processor)
-    cache = returned_cache(cached).layers[0]
-    if variant == "diff_dup_separate":  # K2 rides in the stock cache as extra KV heads
-        assert cache.keys.shape[1] == 2 * cache.values.shape[1]
-    else:  # every other variant caches exactly vanilla's keys and values
-        assert cache.keys.shape[1] == cache.values.shape[1] == tiny_model.config.text_config.num_key_value_heads
+    kv_heads = decoder_model.config.text_config.num_key_value_heads
+    for cache in returned_cache(cached).layers:
+        if variant == "diff_dup_separate":  # K2 rides in the stock cache as extra KV heads
+            assert cache.keys.shape[1] == 2 * cache.values.shape[1]
+        else:  # every other variant caches exactly vanilla's keys and values (diff_v2 included)
+            assert cache.keys.shape[1] == cache.values.shape[1] == kv_heads
+    window = getattr(decoder_model.config.text_config, "sliding_window", None)
+    if window is not None:
+        sliding, full = returned_cache(cached).layers
+        assert sliding.keys.shape[2] < full.keys.shape[2]  # the window's layer keeps fewer positions
 
 
 # ------------------------------------------------------------------------------------------
 # 9. LoRA training, save and reload
 # ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ALL)
-def test_lora_trains_saves_and_reloads(tiny_model, tiny_batch, tiny_processor, tmp_path, variant):
+def test_lora_trains_saves_and_reloads(decoder_model, tiny_batch, tiny_processor, tmp_path, variant):
+    tiny_model = decoder_model
+    decoder = tiny_model.config.text_config.model_type
     cfg = attn(**ALL[variant])
     saved = apply_attention(tiny_model, cfg)
     assert saved == {"vanilla": [], "diff_v2": ["diff_lambda"]}.get(variant, ["diff_lambda", "diff_norm"])
@@ -414,8 +479,7 @@ def test_lora_trains_saves_and_reloads(tiny_model, tiny_batch, tiny_processor, t
     expected |= {"q_proj.branch2.lora_A", "q_proj.diff_lambda"} if variant == "diff_v2" else set()
     assert all(any(part in key for key in keys) for part in expected), sorted(keys)[:8]
 
-    torch.manual_seed(0)  # the fixture's base, rebuilt
-    fresh = PaliGemmaForConditionalGeneration(build_config(small_spec(), tiny_processor)).eval()
+    fresh = build_tiny(decoder, tiny_processor)  # the fixture's base, rebuilt
     torch.manual_seed(1234)  # a different lambda init: the saved one must replace it
     apply_attention(fresh, cfg)
     reloaded = PeftModel.from_pretrained(fresh, str(tmp_path))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CORPUS, small_spec
+from helpers import CORPUS, sharpen_text_logits, small_spec, tiny_paligemma2
 from PIL import Image
 
 from diffpali.attention import VARIANTS as REGISTRY
@@ -49,13 +49,18 @@ def processor64():
     return build_processor(train_tokenizer(CORPUS, spec.text.vocab_size), spec)
 
 
-def _model(processor, attn: AttnConfig | None = None):
+def _model(processor, attn: AttnConfig | None = None, decoder: str = "gemma"):
+    """Gemma: the tiny spec's decoder. Gemma 2: ``tiny_paligemma2``, its logits sharpened past the soft-cap."""
     from transformers import PaliGemmaForConditionalGeneration
 
     from diffpali.zoo.tiny import build_config
 
-    torch.manual_seed(0)
-    model = PaliGemmaForConditionalGeneration(build_config(small_spec(image_size=64), processor)).eval()
+    if decoder == "gemma2":
+        model = tiny_paligemma2(processor)
+        sharpen_text_logits(model)
+    else:
+        torch.manual_seed(0)
+        model = PaliGemmaForConditionalGeneration(build_config(small_spec(image_size=64), processor)).eval()
     if attn is not None:
         apply_attention(model, attn)
     return model
@@ -242,13 +247,14 @@ def test_accumulator_means_sems_and_needle_of_image_are_hand_computed():
 # --------------------------------------------------------------------------------------------
 # the recorder leaves the model alone
 # --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("decoder", ["gemma", "gemma2"])
 @pytest.mark.parametrize("attn", VARIANTS, ids=_label)
-def test_recording_keeps_the_logits_and_restores_the_fast_path(processor64, attn):
+def test_recording_keeps_the_logits_and_restores_the_fast_path(processor64, attn, decoder):
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    model = _model(processor64, attn)
+    model = _model(processor64, attn, decoder)
     original = model.config.text_config._attn_implementation
-    kernel = ALL_ATTENTION_FUNCTIONS[original]
+    kernel = ALL_ATTENTION_FUNCTIONS.get(original)  # None for "eager", the stock default
     batch = _batch(processor64)
     inputs = model_inputs(batch, with_labels=False)
     with torch.no_grad():
@@ -262,7 +268,7 @@ def test_recording_keeps_the_logits_and_restores_the_fast_path(processor64, attn
     assert torch.allclose(plain[valid], recorded[valid], atol=1e-5)
     assert torch.equal(plain, after)
     assert model.config.text_config._attn_implementation == original
-    assert ALL_ATTENTION_FUNCTIONS[original] is kernel
+    assert ALL_ATTENTION_FUNCTIONS.get(original) is kernel
     assert model.config.vision_config._attn_implementation != RECORD_IMPLEMENTATION
     for maps in layers.values():
         sums = maps.effective.sum(-1).transpose(1, 2)[valid]  # (valid queries, heads)

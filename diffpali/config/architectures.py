@@ -83,6 +83,19 @@ GEMMA2_27B = replace(GEMMA2_2B, hidden_size=4608, intermediate_size=36864, num_h
                      num_attention_heads=32, num_key_value_heads=16, head_dim=128, query_pre_attn_scalar=144)
 
 
+#: A tiny PaliGemma 2 with random weights, offline: small widths, every Gemma 2 feature switched on and
+#: made to matter at test lengths (a 16-dim head scaled by 24 ** -0.5, a window of 8 tokens on the first
+#: of each two layers, two KV heads for four query heads), and the vocabulary and 128 px image of the
+#: tiny processor shipped with diffpali (1,731 tokens, 64 image tokens).
+TINY_PALIGEMMA2 = Architecture(
+    "",  # no Hub checkpoint
+    VisionArch(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, patch_size=16,
+               image_size=128),
+    replace(GEMMA2_2B, hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, vocab_size=1731, query_pre_attn_scalar=24, sliding_window=8),
+)
+
+
 def _at(size: int) -> VisionArch:
     return VisionArch(image_size=size)
 
@@ -98,4 +111,5 @@ ARCHITECTURES: dict[str, Architecture] = {
     "paligemma2_10b_224": Architecture("google/paligemma2-10b-pt-224", _at(224), GEMMA2_9B),
     "paligemma2_10b_448": Architecture("google/paligemma2-10b-pt-448", _at(448), GEMMA2_9B),
     "paligemma2_28b_448": Architecture("google/paligemma2-28b-pt-448", _at(448), GEMMA2_27B),
+    "tiny_paligemma2": TINY_PALIGEMMA2,
 }

@@ -26,10 +26,10 @@ import torch
 from torch import nn
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import AttentionMaskInterface
 
 from ...attention import VARIANTS, Vanilla
-from ...surgery import IMPLEMENTATION_PREFIX, TOWERS
+from ...surgery import IMPLEMENTATION_PREFIX, TOWERS, variant_mask
 
 #: Stock text implementations the recorder can stand in for (besides diffpali's own).
 STOCK = ("sdpa", "eager")
@@ -68,15 +68,18 @@ _ACTIVE: Optional[AttentionRecorder] = None
 
 
 def _softmax_map(query: torch.Tensor, key: torch.Tensor, mask: Optional[torch.Tensor], scaling: float,
-                 is_causal: bool) -> torch.Tensor:
+                 is_causal: bool, softcap: Optional[float] = None) -> torch.Tensor:
     """softmax(Q K^T s) in float32 with the mask semantics of transformers' SDPA path.
 
     A bool mask keeps True; a float mask is added; no mask with ``is_causal`` and several queries
     means SDPA's upper-left causal mask. Masked scores get the float32 minimum, not -inf, so a fully
     masked (padding) row is uniform rather than NaN and cannot poison the rows that matter.
+    ``softcap`` (Gemma 2): the logits become tanh(s / cap) * cap before the mask, as in stock eager.
     """
     key = repeat_kv(key, query.shape[1] // key.shape[1])
     scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     lowest = torch.finfo(torch.float32).min
     if mask is not None:
         scores = scores.masked_fill(~mask, lowest) if mask.dtype == torch.bool else scores + mask.float()
@@ -94,7 +97,8 @@ def _apply(attn: torch.Tensor, value: torch.Tensor, like: torch.Tensor) -> torch
 
 
 def _recording_attention(module: nn.Module, query, key, value, attention_mask, *, scaling: float, dropout: float = 0.0,
-                         is_causal: Optional[bool] = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+                         is_causal: Optional[bool] = None, softcap: Optional[float] = None,
+                         **kwargs: Any) -> tuple[torch.Tensor, None]:
     """The layer's own variant kernel, attending eagerly; the maps it attends with are recorded."""
     if dropout:
         raise RuntimeError(f"attention recording needs the model in eval mode (attention dropout={dropout})")
@@ -103,7 +107,7 @@ def _recording_attention(module: nn.Module, query, key, value, attention_mask, *
     maps: list[torch.Tensor] = []
 
     def attend(q, k, v, mask, scale):
-        attn = _softmax_map(q, k, mask, scale, causal)
+        attn = _softmax_map(q, k, mask, scale, causal, softcap)
         maps.append(attn)
         return _apply(attn, v, q)
 
@@ -117,7 +121,7 @@ def _recording_attention(module: nn.Module, query, key, value, attention_mask, *
 
 def _register() -> None:
     AttentionInterface.register(RECORD_IMPLEMENTATION, _recording_attention)
-    AttentionMaskInterface.register(RECORD_IMPLEMENTATION, sdpa_mask)  # the mask every replaced kernel gets
+    AttentionMaskInterface.register(RECORD_IMPLEMENTATION, variant_mask)  # the mask every replaced kernel gets
 
 
 def bare_model(model: nn.Module) -> nn.Module:

@@ -29,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +102,9 @@ def reload_check(run_dir: Path, data_dir: Path) -> None:
             raise SystemExit(f"checkpoint tensors the reloaded model lacks: {result.unexpected_keys[:3]}")
         trained = model(**batch).logits.float()
     print(json.dumps({"logits_max_abs_diff": (reloaded - trained).abs().max().item(),
-                      "checkpoint_tensors": len(tensors), "weights_dtype": str(next(base.parameters()).dtype)}))
+                      "checkpoint_tensors": len(tensors), "weights_dtype": str(next(base.parameters()).dtype),
+                      # as trained: LoRA's float32 (peft upcasts adapters), the variants' frozen copies the base's
+                      "checkpoint_dtypes": dict(Counter(str(t.dtype) for t in tensors.values()))}))
 
 
 def rehearse(overrides: list[str], out_root: Path, records: int) -> dict:

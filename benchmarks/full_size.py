@@ -28,6 +28,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -65,14 +66,52 @@ def architecture_of(overrides: list[str]) -> str:
     return arch
 
 
-def run_measured(command: list[str], log_file: Path) -> tuple[int, float, float]:
-    """Run ``command`` with its output in ``log_file``; (exit status, peak RSS in GiB, seconds)."""
+def run_measured(command: list[str], log_file: Path) -> tuple[int, float, float, list[tuple[float, float]]]:
+    """Run ``command`` with its output in ``log_file``: (exit status, peak RSS in GiB, seconds, RSS samples).
+
+    The peak is the kernel's (``ru_maxrss``); the samples, (time, GiB) every 0.2 s from /proc, place it in a phase.
+    """
     started = time.time()
+    samples: list[tuple[float, float]] = []
     with open(log_file, "w") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        sampler = threading.Thread(target=_sample_rss, args=(process, samples), daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
+        sampler.join(timeout=1)
     process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss * 1024 / GIB, time.time() - started  # ru_maxrss: KiB on Linux
+    return process.returncode, usage.ru_maxrss * 1024 / GIB, time.time() - started, samples  # ru_maxrss: KiB
+
+
+def _sample_rss(process: subprocess.Popen, samples: list[tuple[float, float]]) -> None:
+    status = Path(f"/proc/{process.pid}/status")
+    while True:
+        try:
+            text = status.read_text()
+        except OSError:  # the child has exited
+            return
+        if "VmRSS:" not in text:  # a zombie: exited, not yet reaped
+            return
+        kib = int(text.split("VmRSS:")[1].split()[0])
+        samples.append((time.time(), kib * 1024 / GIB))
+        time.sleep(0.2)
+
+
+def phase_peaks(samples: list[tuple[float, float]], train_log: Path) -> dict[str, float]:
+    """Peak sampled RSS (GiB) of each phase of train.py, cut at its log lines: building the model, the fit
+    (until the adapter is saved), the test generation and the rest."""
+    marks = {}
+    for line in train_log.read_text().splitlines():
+        for phase, text in (("fit", "] - model "), ("test", "adapter saved to")):
+            if text in line and phase not in marks:
+                stamp = time.mktime(time.strptime(line[1:20], "%Y-%m-%d %H:%M:%S")) + int(line[21:24]) / 1000
+                marks[phase] = stamp
+    edges = [("build", 0.0), ("fit", marks.get("fit", float("inf"))), ("test", marks.get("test", float("inf")))]
+    peaks: dict[str, float] = {}
+    for t, gib in samples:
+        phase = [name for name, start in edges if t >= start][-1]
+        peaks[phase] = round(max(peaks.get(phase, 0.0), gib), 2)
+    return peaks
 
 
 def reload_check(run_dir: Path, data_dir: Path) -> None:
@@ -125,12 +164,12 @@ def rehearse(overrides: list[str], out_root: Path, records: int) -> dict:
     run_dir.mkdir(parents=True)
     train_cmd = [sys.executable, "train.py", *DEFAULTS, f"data.path={data_dir}", *overrides,
                  f"hydra.run.dir={run_dir}"]
-    code, train_peak, train_seconds = run_measured(train_cmd, run_dir / "rehearsal-train.log")
+    code, train_peak, train_seconds, samples = run_measured(train_cmd, run_dir / "rehearsal-train.log")
     if code:
         raise SystemExit(f"train.py failed ({code}): see {run_dir / 'rehearsal-train.log'}")
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     reload_cmd = [sys.executable, __file__, "--reload", str(run_dir), "--data", str(data_dir)]
-    code, reload_peak, reload_seconds = run_measured(reload_cmd, run_dir / "rehearsal-reload.log")
+    code, reload_peak, reload_seconds, _ = run_measured(reload_cmd, run_dir / "rehearsal-reload.log")
     lines = (run_dir / "rehearsal-reload.log").read_text().splitlines()
     if code or not lines:
         raise SystemExit(f"reload failed ({code}): see {run_dir / 'rehearsal-reload.log'}")
@@ -138,7 +177,9 @@ def rehearse(overrides: list[str], out_root: Path, records: int) -> dict:
     return {
         "model": option(overrides, "model", "paligemma_3b_224"), "architecture": arch_name,
         "depth": int(depth) if depth else None, "variant": label, "overrides": overrides,
-        "train_peak_rss_gib": round(train_peak, 2), "reload_peak_rss_gib": round(reload_peak, 2),
+        "train_peak_rss_gib": round(train_peak, 2),
+        "train_phase_peak_rss_gib": phase_peaks(samples, run_dir / "train.log"),
+        "reload_peak_rss_gib": round(reload_peak, 2),
         "step_seconds": round(metrics["fit_seconds"] / max(1, metrics["train_steps"]), 1),
         "train_steps": metrics["train_steps"], "generation_seconds": metrics.get("test_seconds"),
         "train_process_seconds": round(train_seconds, 1), "reload_process_seconds": round(reload_seconds, 1),
@@ -170,8 +211,10 @@ def main() -> None:
     if args.record:
         record(Path(args.record), result)
     depth = f" depth {result['depth']}" if result["depth"] else ""
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in result["train_phase_peak_rss_gib"].items())
     print(f"{result['model']}{depth} {result['variant']}: "
-          f"train peak RSS {result['train_peak_rss_gib']:.2f} GiB, step {result['step_seconds']:.1f} s, "
+          f"train peak RSS {result['train_peak_rss_gib']:.2f} GiB "
+          f"({phases}), step {result['step_seconds']:.1f} s, "
           f"generation {result['generation_seconds']} s, reload peak RSS {result['reload_peak_rss_gib']:.2f} GiB, "
           f"logits max abs diff on reload {result['logits_max_abs_diff']:.3g} "
           f"({result['weights_dtype']}, {result['threads']} threads)")

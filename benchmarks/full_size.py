@@ -162,7 +162,8 @@ def rehearse(overrides: list[str], out_root: Path, records: int) -> dict:
     name = f"{option(overrides, 'model', 'paligemma_3b_224')}{f'-depth{depth}' if depth else ''}-{label}"
     run_dir = out_root / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir.mkdir(parents=True)
-    train_cmd = [sys.executable, "train.py", *DEFAULTS, f"data.path={data_dir}", *overrides,
+    all_overrides = [*DEFAULTS, f"data.path={data_dir}", *overrides]
+    train_cmd = [sys.executable, "train.py", *all_overrides,
                  f"hydra.run.dir={run_dir}"]
     code, train_peak, train_seconds, samples = run_measured(train_cmd, run_dir / "rehearsal-train.log")
     if code:
@@ -181,11 +182,29 @@ def rehearse(overrides: list[str], out_root: Path, records: int) -> dict:
         "train_phase_peak_rss_gib": phase_peaks(samples, run_dir / "train.log"),
         "reload_peak_rss_gib": round(reload_peak, 2),
         "step_seconds": round(metrics["fit_seconds"] / max(1, metrics["train_steps"]), 1),
+        "train_batch_size": int(option(all_overrides, "data.batch_size")),
+        "train_sequence_tokens_max": sequence_tokens(data_dir, arch.vision.image_tokens, all_overrides),
         "train_steps": metrics["train_steps"], "generation_seconds": metrics.get("test_seconds"),
         "train_process_seconds": round(train_seconds, 1), "reload_process_seconds": round(reload_seconds, 1),
         **reload, "threads": os.environ.get("OMP_NUM_THREADS"), "run_dir": str(run_dir.relative_to(ROOT))
         if run_dir.is_relative_to(ROOT) else str(run_dir),
     }
+
+
+def sequence_tokens(data_dir: Path, image_tokens: int, overrides: list[str]) -> int:
+    """The longest training sequence of the run: image tokens, then <bos>, prompt, newline, answer, <eos>.
+
+    The synthetic tokenizer has no merges: one token per character (a space is one '▁')."""
+    import pyarrow.parquet as pq
+
+    from diffpali.data.synthetic_vqav2 import split_file
+
+    limit = int(option(overrides, "data.train_limit") or 0) or None
+    table = pq.read_table(split_file(data_dir, "train"), columns=["question", "multiple_choice_answer"])
+    rows = table.to_pylist()[:limit]
+    prompt = option(overrides, "data.prompt", "answer en {question}")
+    return image_tokens + max(len(prompt.format(question=r["question"])) + len(r["multiple_choice_answer"]) + 3
+                              for r in rows)
 
 
 def record(path: Path, result: dict) -> None:

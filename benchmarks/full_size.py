@@ -14,7 +14,7 @@ that process's own resident set (``os.wait4``'s ``ru_maxrss``):
 2. the reload: a fresh base (the same seed gives the same weights), ``load_adapter`` from the saved
    run, logits on one batch; then the run's last checkpoint (every trained tensor and the variants'
    frozen copies) loaded over it and the logits again: the max abs difference says whether the saved
-   adapter alone reproduces the trained model.
+   adapter alone reproduces the trained model (beside it, how far LoRA moves the logits at all).
 
 One line per run is printed; ``--record FILE`` also keeps it in a JSON file keyed by model, depth and variant.
 Weights stay bf16 under ``trainer.precision=32-true``: Lightning's 32-true plugin casts nothing (checked
@@ -140,7 +140,10 @@ def reload_check(run_dir: Path, data_dir: Path) -> None:
         if result.unexpected_keys:
             raise SystemExit(f"checkpoint tensors the reloaded model lacks: {result.unexpected_keys[:3]}")
         trained = model(**batch).logits.float()
+        with model.disable_adapter():  # how far LoRA moved the logits: the diff above could have seen a lost tensor
+            without_lora = model(**batch).logits.float()
     print(json.dumps({"logits_max_abs_diff": (reloaded - trained).abs().max().item(),
+                      "lora_effect_max_abs": (trained - without_lora).abs().max().item(),
                       "checkpoint_tensors": len(tensors), "weights_dtype": str(next(base.parameters()).dtype),
                       # as trained: LoRA's float32 (peft upcasts adapters), the variants' frozen copies the base's
                       "checkpoint_dtypes": dict(Counter(str(t.dtype) for t in tensors.values()))}))
@@ -236,6 +239,7 @@ def main() -> None:
           f"({phases}), step {result['step_seconds']:.1f} s, "
           f"generation {result['generation_seconds']} s, reload peak RSS {result['reload_peak_rss_gib']:.2f} GiB, "
           f"logits max abs diff on reload {result['logits_max_abs_diff']:.3g} "
+          f"(LoRA moves them by up to {result.get('lora_effect_max_abs', float('nan')):.3g}) "
           f"({result['weights_dtype']}, {result['threads']} threads)")
 
 

@@ -34,6 +34,7 @@ from .paths import (
 from .surgery import apply_attention
 from .towers import TOWER_TABLE
 from .zoo.build import build_base
+from .zoo.random_base import load_random
 from .zoo.tiny import spec_key
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,12 @@ def base_location(cfg: ModelConfig) -> str:
 
 
 def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, PaliGemmaProcessor]:
-    """The pretrained model and its processor; the same code serves the tiny zoo and the Hub."""
+    """The pretrained model and its processor; the same code serves the tiny zoo and the Hub.
+
+    ``source=random`` builds the configured architecture with random weights instead (no download).
+    """
+    if cfg.source == "random":
+        return load_random(cfg, DTYPES[cfg.dtype])
     location = base_location(cfg)
     if Path(location).is_dir():  # a damaged file is named here, not deep inside from_pretrained
         check_files(Path(location), base_remedy(Path(location)), required=("config.json",))

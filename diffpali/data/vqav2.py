@@ -1,7 +1,8 @@
 """VQAv2 from a Hub id or a local directory, in the shared VQA schema.
 
 Accepted inputs: a Hub dataset id (``load_dataset``), a directory saved with ``save_to_disk``, or a
-directory holding ``{split}*.parquet`` / ``{split}*.arrow`` files. Answers may be ten strings or
+directory holding ``{split}*.parquet`` / ``{split}*.arrow`` files (at its top or, as the Hub lays them
+out, in ``data/{split}-*``). Answers may be ten strings or
 ten ``{"answer": ...}`` dicts (the Hub's layout).
 
 ``minival`` is not a file split: it is a fixed slice of TRAIN images (each image in or out by a
@@ -37,11 +38,13 @@ def _read(path: str, split: str) -> Dataset:
     if (local / "dataset_dict.json").exists() or (local / "dataset_info.json").exists():
         loaded = load_from_disk(str(local))
         return loaded[split] if hasattr(loaded, "keys") else loaded
-    for kind in ("parquet", "arrow"):
-        files = sorted(str(p) for p in local.glob(f"{split}*.{kind}"))
+    for kind in ("parquet", "arrow"):  # top level, or data/ as in the Hub's layout (data/train-00000-of-00066.parquet)
+        patterns = (f"{split}*.{kind}", f"data/{split}-*.{kind}")
+        files = sorted(str(p) for pattern in patterns for p in local.glob(pattern))
         if files:
             return load_dataset(kind, data_files={split: files}, split=split)
-    raise FileNotFoundError(f"data.path={path!r}: no {split}*.parquet or {split}*.arrow files and no saved dataset")
+    raise FileNotFoundError(f"data.path={path!r}: no {split}*.parquet or {split}*.arrow files "
+                            f"(nor data/{split}-*) and no saved dataset")
 
 
 MINIVAL = "minival"

@@ -39,6 +39,7 @@ from .config import (
     DiffV2Settings,
     LambdaSettings,
     VanillaSettings,
+    register_settings,
     settings_from_record,
 )
 
@@ -358,7 +359,7 @@ def check_registry() -> None:
 
 def register_variant(cls: type[AttentionVariant]) -> type[AttentionVariant]:
     """Add a variant: its class here, its settings to the attn group (``conf/attn/<option>.yaml`` picks them)."""
-    ATTN_SETTINGS[cls.settings.__dataclass_fields__["variant"].default] = cls.settings
+    register_settings(cls.settings)
     VARIANTS[cls.name] = cls
     check_registry()
     return cls

@@ -36,8 +36,9 @@ IMPLEMENTATION_PREFIX = "diffpali_"
 
 
 def implementation_name(variant: type[AttentionVariant]) -> str:
-    """The name a variant's kernel is registered under (vanilla runs the stock ``sdpa``, or ``eager`` on Gemma 2)."""
-    return "sdpa" if not variant.differential else IMPLEMENTATION_PREFIX + variant.name
+    """The name a differential variant's kernel is registered under (vanilla registers nothing: it keeps the
+    model's stock implementation, ``sdpa``, or ``eager`` on Gemma 2)."""
+    return IMPLEMENTATION_PREFIX + variant.name
 
 
 def variant_mask(*args, config=None, **kwargs) -> Optional[torch.Tensor]:

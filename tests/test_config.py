@@ -73,6 +73,8 @@ def test_unknown_group_option_lists_what_is_available():
         ("lora.towers=[audio]", "lora.towers='audio': must be one of vision, text"),
         ("data.prompt=hello", "data.prompt='hello': must contain the placeholder {question}"),
         ("trainer.precision=bf16-mixed", "trainer.precision='bf16-mixed': use 32-true with accelerator=cpu"),
+        ("model=tiny_paligemma2 model.quantization=nf4",
+         "model.quantization='nf4': applies when weights load (source=pretrained or zoo), not to source=random"),
     ],
 )
 def test_bad_values_fail_before_any_model_loads(override, message):

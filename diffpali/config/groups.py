@@ -54,6 +54,9 @@ class ModelConfig:
         choice(f"{key}.dtype", self.dtype, ("float32", "bfloat16", "float16"))
         if self.quantization is not None:
             choice(f"{key}.quantization", self.quantization, ("nf4",))
+            if self.source == "random":  # the weights are built, not loaded: nothing would be quantized
+                fail(f"{key}.quantization", self.quantization, "applies when weights load (source=pretrained or "
+                     "zoo), not to source=random")
         if self.source == "pretrained" and not self.name_or_path:
             fail(f"{key}.name_or_path", self.name_or_path, "is required when source=pretrained")
         vision, text = self.tiny.vision, self.tiny.text

@@ -37,7 +37,10 @@ def run_label(directory: Path) -> str:
         return f"base ({directory.name})"
     variant = job.metrics.get("attention/variant")
     if variant is None and job.get("attn.variant") is not None:
-        variant = describe(job.get("attn")).display
+        try:
+            variant = describe(job.get("attn")).display
+        except ValueError:  # a variant this version does not know: its raw name
+            variant = job.get("attn.variant")
     return f"{variant or diff_attn_label(job)} ({directory.name})"
 
 

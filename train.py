@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 from diffpali.config import TrainConfig, check_command_line, register_configs
 from diffpali.jobs import run_job
-from diffpali.plan.report import render as render_plan
 
 register_configs()
 
@@ -27,9 +26,6 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def _train(cfg: TrainConfig, run_name: str) -> dict:
-    if cfg.plan:
-        print(render_plan(cfg))
-        return {}
     from diffpali.runner import train  # torch and transformers load only once the config is valid
 
     return train(cfg, run_name)

@@ -46,6 +46,7 @@ from .files import UnreadableFileError
 from .jsonio import write_json_atomic
 from .paths import FAILED_FILE, JOB_FILE, METRICS_FILE
 from .plan.report import check_memory
+from .plan.report import render as render_plan
 
 log = logging.getLogger("diffpali")
 
@@ -88,6 +89,9 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
         typed = to_typed(cfg, schema)
         check_launch(typed, hydra_cfg)
         check_memory(typed)  # a train run whose memory plan exceeds the device stops here, before anything loads
+        if getattr(typed, "plan", False):  # plan=true: print it; no console set-up, no run record, nothing loads
+            print(render_plan(typed))
+            return {}
     except ConfigError as err:
         if not multirun:
             print(f"config error: {err}", file=sys.stderr)

@@ -109,6 +109,7 @@ def test_plan_true_prints_the_plan_and_loads_nothing(tmp_path):
     for row in ("single (1 device)", "ddp (1 device)", "fsdp (1 shard)", "total with act. ckpt"):
         assert row in proc.stdout
     assert not (tmp_path / "adapter").exists()
+    assert not (tmp_path / "job.json").exists(), "a plan is not a run: no run record"
 
 
 def test_a_run_over_its_memory_budget_stops_before_loading_with_one_line(tmp_path):

@@ -3,6 +3,7 @@ plan exceeds the device before anything loads (``plan_force=true`` runs it anywa
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -50,6 +51,7 @@ def variant_spec(cfg: Any) -> VariantSpec:
                        train_projector=lo.train_projector)
 
 
+@functools.cache  # one nvidia-smi call per process: the plan asks for it several times
 def _gpu_memory_gib() -> Optional[list[float]]:
     """Total memory of each visible GPU (nvidia-smi; no torch), or None without one."""
     if shutil.which("nvidia-smi") is None:
@@ -110,9 +112,8 @@ def configured_strategy(cfg: Any) -> str:
 
 
 def checkpointing(cfg: Any) -> bool:
-    """Whether the run checkpoints activations (the key lives in trainer or model, where a run sets it)."""
-    return bool(getattr(cfg.trainer, "activation_checkpointing", False)
-                or getattr(cfg.model, "activation_checkpointing", False))
+    """Whether the run checkpoints activations (``model.activation_checkpointing``)."""
+    return bool(cfg.model.activation_checkpointing)
 
 
 def plan(cfg: Any) -> dict[str, Any]:
@@ -195,9 +196,13 @@ def check_memory(cfg: Any) -> None:
     overestimate them about fourfold and refuse runs that fit)."""
     if not hasattr(cfg, "plan_force") or cfg.plan_force or cfg.plan or cfg.model.quantization is not None:
         return
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return  # a rank Lightning relaunched: the node's first process checked this config before anything loaded
     p = plan(cfg)
     need = needed_gib(p)
     budget, source = device_budget(cfg)
+    if not on_gpu(cfg):  # the ranks of one node share its RAM
+        need *= max(1, p["devices"] // max(1, cfg.trainer.num_nodes))
     if budget is not None and need > budget:
         raise ConfigError(
             f"memory plan: {need:.1f} GiB per device ({p['strategy']}, batch {cfg.data.batch_size}, activation "

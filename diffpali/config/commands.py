@@ -105,7 +105,7 @@ def check_quantized(cfg: TrainConfig) -> None:
     from fc1) would copy the packed codes, and the noise that breaks the branches' symmetry cannot be added to
     them; FSDP2 cannot shard packed weights either."""
     key = f"model.quantization={cfg.model.quantization!r}"
-    if cfg.attn.variant == "diff_v2" or (cfg.attn.variant == "diff_dup" and cfg.attn.dup_mode != "shared"):
+    if cfg.attn.name() in ("diff_v2", "diff_dup_separate"):
         fail("attn.variant", cfg.attn.variant, f"copies pretrained q/k projections, which {key} packs in 4 bits; "
              "allowed with it: vanilla, diff_split, diff_dup with attn.dup_mode=shared")
     if cfg.ffn.variant == "swiglu" and "vision" in cfg.ffn.towers:

@@ -21,6 +21,7 @@ from transformers import BitsAndBytesConfig, PaliGemmaForConditionalGeneration, 
 
 from .attention import VARIANTS
 from .config import AttnSettings, FfnConfig, LoraConfig, ModelConfig, TinySpec, settings_from_record
+from .config.bases import base_attention
 from .ffn import apply_ffn
 from .files import check_files, read_json
 from .paths import (
@@ -36,6 +37,7 @@ from .towers import TOWER_TABLE
 from .zoo.build import build_base
 from .zoo.random_base import load_random
 from .zoo.tiny import spec_key
+from .zoo.variant_base import load_variant_base
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +97,22 @@ def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str 
 
 def base_location(cfg: ModelConfig) -> str:
     """Directory or Hub id that ``from_pretrained`` loads for this model config."""
-    if cfg.source == "zoo":
+    if cfg.source == "zoo" and not cfg.name_or_path:
         return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir))
     return cfg.name_or_path
+
+
+def base_record(cfg: ModelConfig) -> Optional[dict[str, Any]]:
+    """What a run records of a tiny base it starts from (``base.json``): its build key, attention, lambda per
+    layer at the start and end of pretraining, and build time; None for a base with no ``build_info.json``."""
+    location = Path(base_location(cfg)) if cfg.source != "random" else None
+    if location is None or not (location / "build_info.json").is_file():
+        return None
+    info = read_json(location / "build_info.json", base_remedy(location))
+    return {"directory": str(location), "key": info.get("key"),
+            "attn": info.get("attn") or {"variant": "vanilla"}, "lambda": info.get("lambda") or {},
+            "build_seconds": sum(info.get(stage, {}).get("train_seconds", 0.0) for stage in ("stage0", "stage1")),
+            "device": info.get("device"), "spec": info.get("spec")}
 
 
 def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, PaliGemmaProcessor]:
@@ -110,6 +125,12 @@ def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, Pali
     location = base_location(cfg)
     if Path(location).is_dir():  # a damaged file is named here, not deep inside from_pretrained
         check_files(Path(location), base_remedy(Path(location)), required=("config.json",))
+        if base_attention(location) is not None:  # pretrained with a variant: rebuilt with it, loaded strictly
+            if cfg.quantization is not None:
+                raise ValueError(f"model.quantization={cfg.quantization}: {location} was pretrained with a "
+                                 "differential attention, whose tensors load whole; 4-bit loading is for stock bases")
+            model, _ = load_variant_base(location, DTYPES[cfg.dtype], base_remedy(Path(location)))
+            return model, PaliGemmaProcessor.from_pretrained(location)
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = PaliGemmaProcessor.from_pretrained(location, **kwargs)
     if cfg.quantization == "nf4":

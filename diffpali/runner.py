@@ -31,8 +31,8 @@ from .lambda_callback import LambdaHistory
 from .lightning_module import DiffPaliModule
 from .loggers import finish as finish_logger
 from .loggers import log_pictures, log_table, make_logger, saved_run_id
-from .model import build_model, load_adapter, load_base, save_adapter
-from .paths import ADAPTER_DIR, CHECKPOINT_DIR, EVALS_DIR, ITEMS_FILE, METRICS_FILE, adapter_dir_of
+from .model import base_record, build_model, load_adapter, load_base, save_adapter
+from .paths import ADAPTER_DIR, BASE_RECORD_FILE, CHECKPOINT_DIR, EVALS_DIR, ITEMS_FILE, METRICS_FILE, adapter_dir_of
 from .progress import ConsoleProgress
 from .strategies import lightning_strategy, whole_model_state
 
@@ -90,6 +90,9 @@ def prepare(cfg: TrainConfig, run_name: str) -> Run:
              ", ".join(f"{split} {len(ds)}" for split, ds in datamodule.datasets.items()), time.time() - started,
              f" ({sum(skipped.values())} skipped)" if skipped else "")
     model, processor = build_model(cfg.model, cfg.attn, cfg.ffn, cfg.lora)
+    base = base_record(cfg.model)
+    if base is not None:  # which tiny base, and how its lambda moved in pretraining (the report reads it)
+        write_json_atomic(out / BASE_RECORD_FILE, base)
     datamodule.processor = processor
     model.train()  # from_pretrained returns eval mode, which Lightning would keep (and warn about)
     trainable, total = model.get_nb_trainable_parameters()

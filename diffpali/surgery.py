@@ -121,9 +121,15 @@ def apply_attention(model: nn.Module, cfg: AttnSettings) -> list[str]:
     for tower in cfg.towers:
         for depth, (name, module) in enumerate(attention_modules(model, tower)):
             if getattr(module, "diffpali_variant", None) is not None:
-                raise RuntimeError(f"{name} already has a differential attention; apply_attention runs once per model")
-            saved.update(variant.attach(name, module, depth, cfg))
-            module.diffpali_variant = variant
+                # a base pretrained with this very variant (zoo.variant_base) keeps it: nothing to attach
+                if module.diffpali_variant is variant and module.diffpali_settings == cfg:
+                    saved.update(module.diffpali_saved)
+                    continue
+                raise RuntimeError(f"{name} already has a differential attention ({module.diffpali_settings}); "
+                                   "apply_attention converts a layer once")
+            module.diffpali_saved = variant.attach(name, module, depth, cfg)
+            module.diffpali_variant, module.diffpali_settings = variant, cfg
+            saved.update(module.diffpali_saved)
     model.set_attn_implementation({TOWER_TABLE[tower].config_key: implementation_name(variant) for tower in cfg.towers})
     return sorted(saved)
 

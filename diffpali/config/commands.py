@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ..paths import CHECKPOINT_DIR, LAST_CHECKPOINT
 from . import groups
 from .attn import ATTN_SETTINGS, SCHEMA_SUFFIX, AttnSettings, attn_settings
+from .bases import resolve_base_attention
 from .errors import one_line
 from .rules import ConfigError, choice, fail, positive
 
@@ -266,5 +267,7 @@ def to_typed(cfg: DictConfig, schema: type = TrainConfig):
     if type(getattr(obj, "attn", None)) is AttnSettings:  # no attn given at all: the vanilla option's settings
         obj.attn = attn_settings(asdict(obj.attn))
     obj.validate()
+    if isinstance(obj, TrainConfig):  # a base pretrained with a variant keeps it; a conflicting attn= is refused
+        obj.attn = resolve_base_attention(obj.model, obj.attn)
     return obj
 

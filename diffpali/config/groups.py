@@ -25,7 +25,9 @@ class ModelConfig:
 
     name: str = "tiny"  #: label used in run names and reports
     source: str = "zoo"  #: zoo | pretrained | random
-    name_or_path: str = ""  #: Hub id or directory, for source=pretrained
+    #: Hub id or directory, for source=pretrained; with source=zoo, a tiny base directory (one built with
+    #: ``python -m diffpali.basecard --out DIR``) instead of the shipped or cached base for ``tiny``
+    name_or_path: str = ""
     revision: Optional[str] = None
     dtype: str = "float32"  #: weights dtype at load time: float32 | bfloat16 | float16
     trust_remote_code: bool = False  #: never needed for PaliGemma; off unless asked for
@@ -279,7 +281,7 @@ class LoggerConfig:
 def check_local_model(model: ModelConfig, key: str = "model") -> None:
     """A path-like ``name_or_path`` must be an existing directory: refused before anything loads."""
     name_or_path = model.name_or_path
-    if model.source == "pretrained" and name_or_path.startswith(("/", ".", "~")):
+    if model.source in ("pretrained", "zoo") and name_or_path.startswith(("/", ".", "~")):
         if not Path(name_or_path).expanduser().is_dir():
             fail(f"{key}.name_or_path", name_or_path, "local directory does not exist (or give a Hub id)")
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from .attn import AttnSettings, attn_settings
+from .rules import TOWERS
 
 
 @dataclass
@@ -74,6 +78,10 @@ class Stage1Spec:
     vision_lr_scale: float = 0.0  #: the tower's learning rate as a share of ``lr``; 0 keeps stage 0's tower frozen
 
 
+def _vanilla_attention() -> dict[str, Any]:
+    return {"variant": "vanilla", "towers": list(TOWERS)}
+
+
 @dataclass
 class TinySpec:
     """Architecture and pretraining recipe of the offline tiny PaliGemma.
@@ -87,3 +95,10 @@ class TinySpec:
     stage0: Stage0Spec = field(default_factory=Stage0Spec)
     stage1: Stage1Spec = field(default_factory=Stage1Spec)
     seed: int = 0  #: initialisation and every data stream of the build
+    #: the attention the base is pretrained with, as an ``attn`` record (``{"variant": "diff_split"}``, knobs as in
+    #: conf/attn): in place from the random initialisation, every weight trained. Vanilla: the stock attention
+    attn: dict[str, Any] = field(default_factory=_vanilla_attention)
+
+    def attention(self) -> AttnSettings:
+        """The typed settings of ``attn`` (an unknown variant or knob: a ConfigError naming it)."""
+        return attn_settings(self.attn, "model.tiny.attn")

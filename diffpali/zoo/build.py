@@ -30,20 +30,26 @@ from ..data.grids import LEFT_RIGHT_PROMPT, TOP_BOTTOM_PROMPT
 from ..generation import generate_for_examples
 from ..jsonio import write_json_atomic
 from ..scenes import draw_scene, sample_objects
+from ..surgery import lambda_values
 from .mixture import FORMATS, QUESTION_PROMPT, Stage1Mixture
+from .scratch_attention import convert_for_pretraining
 from .stages import (
     Stage0Stream,
     StageRunner,
+    TokenCache,
     TokenLabelHeads,
     build_stage1_batches,
+    collate_stage1,
     stage0_loss,
     stage0_probe,
     stage1_loss,
 )
 from .tiny import build_config, build_processor, spec_key, stage0_key, train_tokenizer
+from .variant_base import save_variant_base
 
 log = logging.getLogger(__name__)
 BUILD_INFO = "build_info.json"
+LAMBDA_PROBE_SEED = 7_000_003  #: offset of the lambda probe's stream seed: far from any build's own seed
 
 
 def _validation_singles(limit: int) -> tuple[list, list[tuple[str, str]]]:
@@ -105,6 +111,24 @@ def stage1_probe(model: Any, processor: Any, spec: TinySpec, device: str, sample
     return scores
 
 
+def probe_batch(spec: TinySpec, processor: Any, image_tokens: int, device: str, size: int = 32) -> dict:
+    """A fixed batch of stage-1 examples from a stream no training step draws (seed offset), for lambda read-outs."""
+    mixture = Stage1Mixture(spec.stage1.weights, LAMBDA_PROBE_SEED + spec.seed, spec.stage1.steps,
+                            spec.vision.image_size, spec.vision.image_size // spec.vision.patch_size)
+    batch = collate_stage1(mixture.batch(spec.stage1.steps, size), TokenCache(processor), image_tokens)
+    return {k: v.to(device) for k, v in model_inputs(batch, with_labels=False).items()}
+
+
+@torch.no_grad()
+def lambda_after(model: Any, batch: dict) -> dict[str, float]:
+    """Every converted layer's lambda after one forward of ``batch`` (DIFF V2's is a mean over its tokens)."""
+    was_training = model.training
+    model.eval()
+    model(**batch)
+    model.train(was_training)
+    return lambda_values(model)
+
+
 def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Path | None = None,
                progress: bool = True, probe_every: int = 500, checkpoint_every: int = 250) -> dict:
     """Train the tiny base described by ``spec`` and save it (model, processor, build_info.json).
@@ -124,10 +148,18 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
     torch.manual_seed(spec.seed)
     processor = build_processor(train_tokenizer(mixture.corpus(), spec.text.vocab_size), spec)
     model = PaliGemmaForConditionalGeneration(build_config(spec, processor)).to(device)
+    attention = spec.attention()
+    differential = attention.variant != "vanilla"
+    if differential:  # in place from the random initialisation; a vanilla build draws exactly as before
+        convert_for_pretraining(model, attention, spec.seed)
     log.info("tiny base %s: %.2fM parameters; stage 0 %d steps, stage 1 %d steps on %s (work dir %s)", key,
              model.num_parameters() / 1e6, spec.stage0.steps, spec.stage1.steps, device, work_dir)
     info: dict[str, Any] = {"key": key, "spec": asdict(spec), "device": device, "torch": torch.__version__,
                             "formats_taught": FORMATS}
+    if differential:
+        info["attn"] = asdict(attention)
+        lambda_probe = probe_batch(spec, processor, image_tokens, device)
+        info["lambda"] = {"start": lambda_after(model, lambda_probe)}
 
     # ---- stage 0: the vision tower alone -------------------------------------------------
     tower = model.model.vision_tower
@@ -185,17 +217,38 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
     info["build_seconds_this_run"] = round(time.time() - started, 1)
     info["torch_threads"] = torch.get_num_threads()
 
+    if differential:
+        info["lambda"]["end"] = lambda_after(model, lambda_probe)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.to("cpu").eval().save_pretrained(out_dir, safe_serialization=True)
+    model.to("cpu").eval()
+    if differential:
+        save_variant_base(model, attention, out_dir)
+    else:
+        model.save_pretrained(out_dir, safe_serialization=True)
     processor.save_pretrained(out_dir)
     write_json_atomic(out_dir / BUILD_INFO, info)
     return info
 
 
 def apply_overrides(spec: TinySpec, overrides: list[str]) -> TinySpec:
-    """``stage1.steps=4000``-style overrides, type-checked against the spec's schema."""
-    merged = OmegaConf.merge(OmegaConf.structured(spec), OmegaConf.from_dotlist(overrides))
-    return OmegaConf.to_object(merged)
+    """``stage1.steps=4000``-style overrides, type-checked against the spec's schema.
+
+    ``attn=<option>`` picks the attention the base is pretrained with (that option's defaults) and
+    ``attn.<knob>=<value>`` sets one of its knobs, refused unless that option has it, as train.py does.
+    """
+    attention = [o for o in overrides if o.split("=", 1)[0] == "attn" or o.startswith("attn.")]
+    rest = [o for o in overrides if o not in attention]
+    merged = OmegaConf.merge(OmegaConf.structured(spec), OmegaConf.from_dotlist(rest))
+    spec = OmegaConf.to_object(merged)
+    if attention:
+        options = [o.split("=", 1)[1] for o in attention if o.startswith("attn=")]
+        knobs = OmegaConf.to_container(OmegaConf.from_dotlist([o[len("attn."):] for o in attention
+                                                               if o.startswith("attn.")]))
+        option = options[-1] if options else knobs.pop("variant", spec.attn.get("variant", "vanilla"))
+        kept = dict(spec.attn) if option == spec.attn.get("variant") else {}  # another option: its own defaults
+        spec.attn = {**kept, **knobs, "variant": option}
+        spec.attention()  # an unknown option or knob fails here, in one line
+    return spec
 
 
 def main() -> None:

@@ -25,17 +25,35 @@ BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 RECIPE_VERSION = 8
 
 
+def pretrained_attention(spec: TinySpec) -> dict | None:
+    """The spec's attention as its full record (every knob, defaults filled in), or None when vanilla.
+
+    Vanilla stays out of the keys, so every vanilla base keeps the key it had before bases could be
+    pretrained with a variant (the shipped one among them)."""
+    settings = spec.attention()
+    return None if settings.variant == "vanilla" else asdict(settings)
+
+
 def spec_key(spec: TinySpec) -> str:
     """Short stable hash of the spec and recipe version: the cache key of a built base."""
-    payload = json.dumps({"spec": asdict(spec), "recipe": RECIPE_VERSION}, sort_keys=True)
+    fields = asdict(spec)
+    fields.pop("attn")
+    attention = pretrained_attention(spec)
+    if attention is not None:
+        fields["attn"] = attention
+    payload = json.dumps({"spec": fields, "recipe": RECIPE_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def stage0_key(spec: TinySpec) -> str:
-    """Hash of what stage 0 depends on (the tower, its recipe, the seed): a stage-0 checkpoint serves
-    every spec that differs from it only after stage 0."""
-    payload = json.dumps({"vision": asdict(spec.vision), "stage0": asdict(spec.stage0), "seed": spec.seed,
-                          "recipe": RECIPE_VERSION}, sort_keys=True)
+    """Hash of what stage 0 depends on (the tower, its attention, its recipe, the seed): a stage-0 checkpoint
+    serves every spec that differs from it only after stage 0 (a decoder-only variant shares vanilla's)."""
+    fields = {"vision": asdict(spec.vision), "stage0": asdict(spec.stage0), "seed": spec.seed,
+              "recipe": RECIPE_VERSION}
+    attention = pretrained_attention(spec)
+    if attention is not None and "vision" in attention["towers"]:
+        fields["attn"] = attention
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 

@@ -18,34 +18,16 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors.torch import load_model, save_model
 from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration
 
-from ..config import AttnSettings, settings_from_record
-from ..files import UnreadableFileError, check_files, read_json
+from ..config import AttnSettings
+from ..config.bases import base_attention
+from ..files import UnreadableFileError, check_files
+from ..paths import BASE_ATTENTION_FILE, VARIANT_MODEL_FILE
 from ..surgery import apply_attention
-
-BASE_ATTENTION_FILE = "base_attention.json"  #: the settings of the attention a base was pretrained with
-VARIANT_MODEL_FILE = "diffpali_model.safetensors"  #: every tensor of a differential base, by module name
-
-
-def base_attention(directory: str | Path) -> Optional[AttnSettings]:
-    """The attention settings ``directory`` was pretrained with, or None for a vanilla (stock) base.
-
-    Reads one small JSON file, no weights: the config check calls it before any model loads.
-    """
-    path = Path(directory) / BASE_ATTENTION_FILE
-    if not path.is_file():
-        return None
-    record = read_json(path, f"It was written with the base; rebuild the base in {directory}")
-    try:
-        return settings_from_record(record)
-    except (TypeError, ValueError) as err:
-        raise UnreadableFileError(path, f"not an attention record ({err})",
-                                  f"Rebuild the base in {directory}") from err
 
 
 def save_variant_base(model: PaliGemmaForConditionalGeneration, settings: AttnSettings,

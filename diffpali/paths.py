@@ -37,6 +37,11 @@ VARIANTS_FILE = "diffpali.json"  #: the settings that rebuild the variants (attn
 #: and rebuilding them from the RNG would tie a saved adapter to the run's seed.
 VARIANT_WEIGHTS_FILE = "variant_weights.safetensors"
 
+# Files of a base directory pretrained with a differential attention (diffpali.zoo.variant_base).
+BASE_ATTENTION_FILE = "base_attention.json"  #: the settings of the attention the base was pretrained with
+VARIANT_MODEL_FILE = "diffpali_model.safetensors"  #: every tensor of such a base, by the converted model's names
+BASE_RECORD_FILE = "base.json"  #: in a run directory: the tiny base it started from (key, attention, lambda)
+
 
 def cache_root(cache_dir: str | None = None) -> Path:
     """``cache_dir`` when given, else ``$DIFFPALI_CACHE``, else ``~/.cache/diffpali``."""

@@ -15,7 +15,8 @@ from typing import Any, Optional
 from .format import md_table
 from .runs import Job
 from .stats import Estimate
-from .study import final_lambdas, findings, read_study_csv, settings_of
+from .sweep_tables import final_lambdas, findings, read_study_csv
+from .sweeps import STUDY, settings_of
 
 START = "<!-- study findings: written by `python -m diffpali.report <study dir> --readme README.md`; do not edit -->"
 END = "<!-- end of study findings -->"
@@ -131,7 +132,7 @@ def update_readme(jobs: list[Job], written: dict[str, Path], readme: Path, figur
     """The findings section of ``readme`` rewritten from what the study's section just wrote (``study.csv``, its
     figures, copied to ``figure_dir``, default ``docs/study`` beside the README) and from the study's runs (their
     training and lambdas). Returns what was written, for the console."""
-    settings = settings_of(jobs)
+    settings = settings_of(jobs, STUDY)
     if not settings or "study.csv" not in written:
         raise ValueError(f"{source}: no completed study runs (python train.py -m experiment=study)")
     rows = read_study_csv(written["study.csv"])

@@ -15,9 +15,10 @@ from diffpali.evals.distractors.sets import points
 from diffpali.jsonio import write_json_atomic
 from diffpali.paths import BASE_RECORD_FILE, EVALS_DIR, ITEMS_FILE, JOB_FILE, METRICS_FILE
 from diffpali.report.base_lambda import MOVED, layer_lambdas
+from diffpali.report.readme import summary_table
 from diffpali.report.runs import load_jobs
 from diffpali.report.slopes import least_squares_slope, slope_estimates
-from diffpali.report.sweep_tables import invalid_share
+from diffpali.report.sweep_tables import invalid_share, read_study_csv
 from diffpali.report.sweeps import SCRATCH, STUDY, settings_of
 from diffpali.report.write import write_report
 
@@ -172,5 +173,16 @@ def test_the_report_writes_scratch_md_csv_and_small_multiples(sweep, tmp_path):
     assert float(rows[("diff_split", "mmneedle_paper", "mmneedle/exact")]["invalid"]) == pytest.approx(0.5)
     assert float(rows[("vanilla", "mmneedle_official_n3", "mmneedle/exact")]["invalid"]) == pytest.approx(0.3)
     assert rows[("vanilla", "vqa", "test/vqa_accuracy_official")]["invalid"] == ""  # not a location figure
+    assert ("- diff_split: accuracy falls faster with k than vanilla's on 1 of 2 distractor curves, slower on 0; "
+            "largest: N2/M1/hard, -0.0300 per distractor") in sections["Findings"]
+    assert "- diff_v2_plain: accuracy falls faster with k than vanilla's on 0 of 2" in sections["Findings"]
     study = written["results.md"].read_text()
     assert "| diff_split |" not in study and "1 runs from" in study and "## The paper, side by side" in study
+
+
+def test_the_readme_summary_says_which_misses_were_out_of_format(sweep, tmp_path):
+    written = write_report(load_jobs(sweep), tmp_path, str(sweep))
+    rows = [r for r in read_study_csv(written["scratch.csv"]) if r["evaluation"] == "mmneedle_paper"]
+    table = summary_table(rows)
+    assert "| diff_split | 0.400 ± 0.000 (0.50 out of format) |" in table
+    assert "| vanilla | 0.400 ± 0.000 |" in table  # no reply out of format: nothing added

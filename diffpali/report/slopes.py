@@ -90,3 +90,25 @@ def slope_table(settings: dict[str, list[Job]], metric: str = "exact") -> tuple[
     header = ["curve (N, M, kind)", "setting", f"slope of {metric} per distractor, mean ± 95% CI over seeds",
               "minus vanilla's slope, paired by seed (▼ falls faster, ▲ slower)"]
     return md_table(header, lines), rows
+
+
+def slope_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per setting: on how many distractor curves its accuracy falls faster or slower than vanilla's
+    (the 95% CI of the per-seed difference of slopes excludes 0), from :func:`slope_table`'s rows."""
+    by_setting: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["key"].endswith("/slope") and row.get("diff_low") is not None:
+            by_setting.setdefault(row["setting"], []).append(row)
+    out = []
+    for setting, found in by_setting.items():
+        faster = [r for r in found if r["diff_high"] < 0]
+        slower = [r for r in found if r["diff_low"] > 0]
+        line = (f"{setting}: accuracy falls faster with k than vanilla's on {len(faster)} of {len(found)} distractor "
+                f"curves, slower on {len(slower)}")
+        if faster or slower:
+            gap = max(faster + slower, key=lambda r: abs(r["diff"]))
+            curve = gap["key"].removeprefix("distractors/").removesuffix("/slope")
+            line += (f"; largest: {curve}, {gap['diff']:+.4f} per distractor [{gap['diff_low']:+.4f}, "
+                     f"{gap['diff_high']:+.4f}]")
+        out.append(line + ".")
+    return out

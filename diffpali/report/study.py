@@ -17,7 +17,7 @@ from .base_lambda import base_lambda_table
 from .format import md_table, write_csv
 from .runs import Job
 from .section import Report, Section
-from .slopes import slope_table
+from .slopes import slope_findings, slope_table
 from .stats import mean_ci
 from .study_figures import distractor_figure, lambda_figure
 from .sweep_tables import (
@@ -117,6 +117,7 @@ def write_sweep(report: Report, sweep: Sweep) -> dict[str, Path]:
     text += ["Each setting against vanilla, over every figure above (a figure counts as different when the 95% "
              "CI of the paired difference excludes 0):", ""]
     text += [f"- {line}" for line in findings(rows)] or ["- no comparison with vanilla (no vanilla runs)"]
+    text += [f"- {line}" for line in slope_findings(slope_rows)]
     if sweep == STUDY:
         text += ["", "## The paper, side by side", "", paper_side_by_side(settings), ""]
     written[sweep.markdown] = report.out / sweep.markdown

@@ -12,7 +12,8 @@ from ..evals.base import pyplot, save_figure
 from ..evals.distractors.plots import series_of
 from ..lambda_history import read_history
 from .runs import Job
-from .stats import mean_ci
+from .slopes import slope_estimates
+from .stats import Estimate, mean_ci
 from .sweeps import BASELINE, any_setting
 
 #: (mean, CI low, CI high) per k, per (N, M, kind)
@@ -59,19 +60,31 @@ def _draw(ax: Any, line: dict[int, tuple[Optional[float], ...]], color: Any, lab
                         alpha=0.18, lw=0)
 
 
+def _slope_note(ax: Any, slopes: dict[str, tuple[Estimate, Optional[Estimate]]], name: str) -> None:
+    """The panel's slope per distractor (mean over seeds) and, paired by seed, minus vanilla's."""
+    if name not in slopes:
+        return
+    estimate, paired = slopes[name]
+    note = f"slope {estimate.mean:+.3f}" + ("" if paired is None else f", vs vanilla {paired.mean:+.3f}")
+    ax.text(0.03, 0.04, note, transform=ax.transAxes, fontsize=6.5, color="0.25")
+
+
 def distractor_figure(settings: dict[str, list[Job]], metric: str, path: Path) -> Optional[Path]:
     """``metric`` (exact | needle_of_image) against k as small multiples: a row per setting (vanilla's own row
-    only when it is alone), a column per grid and kind; vanilla's line and band drawn in grey in every panel."""
+    only when it is alone), a column per grid and kind; vanilla's line and band drawn in grey in every panel,
+    and each panel's least-squares slope against k (:mod:`.slopes`) written in it."""
     bands = {name: setting_bands(jobs, metric) for name, jobs in settings.items()}
     bands = {name: lines for name, lines in bands.items() if lines}
     if not bands:
         return None
     reference = bands.get(BASELINE, {})
+    slopes = slope_estimates(settings, metric)
     rows = [name for name in bands if name != BASELINE] or [BASELINE]
     columns = sorted({(grid, kind) for lines in bands.values() for (grid, _, kind) in lines},
                      key=lambda c: (c[0], c[1] != "hard"))
     plt = pyplot()
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.3 * len(columns) + 0.6, 1.9 * len(rows) + 0.9),
+    height = 1.9 * len(rows) + 0.7
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.3 * len(columns) + 0.6, height),
                              squeeze=False, sharex="col", sharey=True)
     for r, name in enumerate(rows):
         for c, (grid, kind) in enumerate(columns):
@@ -82,6 +95,7 @@ def distractor_figure(settings: dict[str, list[Job]], metric: str, path: Path) -
                 _draw(ax, bands[name][(grid, 1, kind)], "C0" if name != BASELINE else "0.3", name, 1.6)
             if metric == "exact":
                 ax.axhline(1 / (grid * grid), color="grey", lw=0.7, ls=":")
+            _slope_note(ax, slopes.get((grid, 1, kind), {}), name)
             ax.set_xscale("symlog", linthresh=1)
             counts = sorted({k for lines in bands.values() for k in lines.get((grid, 1, kind), {})})
             ax.set_xticks(counts or [0])
@@ -96,8 +110,8 @@ def distractor_figure(settings: dict[str, list[Job]], metric: str, path: Path) -
                 ax.set_ylabel(name, fontsize=9)
     what = "exact location (row AND column)" if metric == "exact" else "target cell's share of image attention"
     fig.suptitle(f"{what} against distractors: mean and 95% CI over seeds; grey: {BASELINE}"
-                 + ("; dotted: chance" if metric == "exact" else ""), fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (1.9 * len(rows) + 0.9)))
+                 + ("; dotted: chance" if metric == "exact" else ""), fontsize=9, y=1 - 0.06 / height)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.22 / height))
     return save_figure(fig, path, dpi=110)
 
 

@@ -160,7 +160,8 @@ def test_the_report_writes_scratch_md_csv_and_small_multiples(sweep, tmp_path):
     assert "MMNeedle official, M=1 N=3: exact" in sections["Every evaluation"]
     assert "| 0.500 ± 0.000 (n=3) |" in sections["Every evaluation"]  # diff_split's paper-mode invalid share
     slopes = sections["Distractor slopes (exact against k, least squares per seed)"]
-    assert "| N2/M1/hard | diff_split | -0.0500 ± 0.0497 (n=3) | -0.0300 ± 0.0248 (n=3) ▼ |" in slopes
+    row = "| N2/M1/hard | diff_split | 0.900 ± 0.000 (n=3) | -0.0500 ± 0.0497 (n=3) | -0.0300 ± 0.0248 (n=3) ▼ |"
+    assert row in slopes  # exact at k = 0, the slope over seeds, the paired difference: falls faster
     lam = sections["Lambda at the end of pretraining (base.json)"]
     assert "| diff_split | text/layer0 | 0.200 |" in lam and "| yes | 3 of 3 |" in lam and "| no | 1 of 3 |" in lam
     assert "- diff_v2_plain: lambda moved by at least 0.05 (mean over seeds) in 0 of 1" in lam

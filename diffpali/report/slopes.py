@@ -77,7 +77,9 @@ def slope_table(settings: dict[str, list[Job]], metric: str = "exact") -> tuple[
     lines, rows = [], []
     for (grid, images, kind), by_setting in slope_estimates(settings, metric).items():
         for name, (estimate, paired) in by_setting.items():
-            lines.append([f"N{grid}/M{images}/{kind}", name, estimate.format(digits=4),
+            start = mean_ci([series_of(j.evals.get("distractors", {}), metric).get((grid, images, kind), {})
+                             .get(0, (None,))[0] for j in settings[name]])
+            lines.append([f"N{grid}/M{images}/{kind}", name, start.format(), estimate.format(digits=4),
                           "—" if paired is None else paired.format(digits=4) + _mark(paired)])
             rows.append({"metric": f"distractors N{grid}/M{images}/{kind}: slope of {metric} per distractor",
                          "evaluation": "distractors", "key": f"distractors/N{grid}/M{images}/{kind}/slope",
@@ -87,7 +89,8 @@ def slope_table(settings: dict[str, list[Job]], metric: str = "exact") -> tuple[
                          "diff_high": None if paired is None else paired.high, "p_value": None})
     if not lines:
         return "no setting ran the distractor evaluation at two or more counts", rows
-    header = ["curve (N, M, kind)", "setting", f"slope of {metric} per distractor, mean ± 95% CI over seeds",
+    header = ["curve (N, M, kind)", "setting", f"{metric} at k = 0 (a curve at its floor cannot fall)",
+              f"slope of {metric} per distractor, mean ± 95% CI over seeds",
               "minus vanilla's slope, paired by seed (▼ falls faster, ▲ slower)"]
     return md_table(header, lines), rows
 

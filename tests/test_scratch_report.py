@@ -5,6 +5,7 @@ replies out of format beside the location figures, and scratch.md beside (never 
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from diffpali.evals.base import write_items
 from diffpali.evals.distractors.sets import points
 from diffpali.jsonio import write_json_atomic
-from diffpali.paths import BASE_RECORD_FILE, EVALS_DIR, ITEMS_FILE, JOB_FILE, METRICS_FILE
+from diffpali.paths import BASE_RECORD_FILE, EVALS_DIR, ITEMS_FILE, JOB_FILE, LAMBDA_HISTORY_FILE, METRICS_FILE
 from diffpali.report.base_lambda import MOVED, layer_lambdas
 from diffpali.report.readme import summary_table
 from diffpali.report.runs import load_jobs
@@ -83,6 +84,9 @@ def write_job(root: Path, sweep: str, arm: str, seed: int) -> None:
                 "mmneedle/positives": 8, "mmneedle/negatives": 2, "mmneedle/invalid": 3},
                {"mmneedle/exact": [(i, float(i < 2)) for i in range(8)]})
     write_eval(job, "distractors", "distractors", seed, *distractor_metrics(arm, seed))
+    if arm == "diff_split":  # the fine-tune's lambda history, as LambdaHistory writes it: moved 0.1, 0.1, 0.01
+        records = [{"step": 0, "text/layer0": 0.3}, {"step": 150, "text/layer0": 0.4 if seed < 3 else 0.31}]
+        (job / LAMBDA_HISTORY_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
     if sweep == "scratch":
         lam = LAMBDA.get(arm, {})
         record = {"start": {layer: by_seed[seed][0] for layer, by_seed in lam.items()},
@@ -166,6 +170,8 @@ def test_the_report_writes_scratch_md_csv_and_small_multiples(sweep, tmp_path):
     assert "| diff_split | text/layer0 | 0.200 |" in lam and "| yes | 3 of 3 |" in lam and "| no | 1 of 3 |" in lam
     assert "- diff_v2_plain: lambda moved by at least 0.05 (mean over seeds) in 0 of 1" in lam
     assert "vanilla" not in lam.split("\n- ")[0].split("\n", 2)[2]  # no lambda row for vanilla
+    tuned = sections["Lambda after the fine-tune"]
+    assert "| diff_split | text/layer0: 0.370 ± 0.129 (n=3), moved in 2 of 3 |" in tuned
     with written["scratch.csv"].open() as handle:
         rows = {(r["setting"], r["evaluation"], r["key"]): r for r in csv.DictReader(handle)}
     slope = rows[("diff_split", "distractors", "distractors/N2/M1/hard/slope")]

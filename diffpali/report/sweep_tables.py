@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..evals.base import read_items
+from .base_lambda import MOVED
 from .format import md_table
 from .runs import Job
 from .stats import Comparison, Estimate, format_p, mean_ci, paired_bootstrap
@@ -235,15 +236,29 @@ def final_lambdas(jobs: list[Job]) -> dict[str, list[float]]:
     return finals
 
 
+def lambda_changes(jobs: list[Job]) -> dict[str, list[float]]:
+    """``{"text/layer0": [last - first recorded lambda, one per run], ...}``: how far each run's fine-tune moved it."""
+    changes: dict[str, list[float]] = {}
+    for history in lambda_histories(jobs):
+        for key, points in history.items():
+            if key.count("/") == 1 and points:
+                changes.setdefault(key, []).append(points[-1][1] - points[0][1])
+    return changes
+
+
 def lambda_table(settings: dict[str, list[Job]]) -> str:
     """Each differential setting's lambda at the end of its fine-tune, per tower and layer (mean ± 95% CI over
-    seeds; DIFF V2: the mean over the last batch's tokens). Says how far training moved the retrofit."""
+    seeds; DIFF V2: the mean over the last batch's tokens), and in how many runs it moved at least ``MOVED``
+    from its first recorded value. Says how far training moved the retrofit."""
     lines = []
     for name, jobs in settings.items():
-        finals = final_lambdas(jobs)
+        finals, changes = final_lambdas(jobs), lambda_changes(jobs)
         if finals:
-            cells = [f"{key}: {mean_ci(values).format()}" for key, values in sorted(finals.items())]
+            cells = [f"{key}: {mean_ci(values).format()}, moved in "
+                     f"{sum(abs(c) >= MOVED for c in changes.get(key, []))} of {len(changes.get(key, []))}"
+                     for key, values in sorted(finals.items())]
             lines.append([name, "; ".join(cells)])
     if not lines:
         return "no differential setting recorded lambda"
-    return md_table(["setting", "lambda after the fine-tune, per layer (mean ± 95% CI over seeds)"], lines)
+    return md_table(["setting", "lambda after the fine-tune, per layer (mean ± 95% CI over seeds), and in how many "
+                     f"runs it moved at least {MOVED} from its first record"], lines)

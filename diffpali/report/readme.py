@@ -15,7 +15,8 @@ from typing import Any, Optional
 from .format import md_table
 from .runs import Job
 from .stats import Estimate
-from .study import final_lambdas, findings, read_study_csv, settings_of
+from .sweep_tables import final_lambdas, findings, read_study_csv
+from .sweeps import STUDY, settings_of
 
 START = "<!-- study findings: written by `python -m diffpali.report <study dir> --readme README.md`; do not edit -->"
 END = "<!-- end of study findings -->"
@@ -36,7 +37,9 @@ FIGURES = ("distractors_exact.png", "distractors_attention.png", "lambda_traject
 def _summary_cell(row: dict[str, Any]) -> str:
     estimate = Estimate(row["mean"], row["ci_low"], row["ci_high"], row["n"])
     mark = "" if row["diff"] is None else " ▼" if row["diff_high"] < 0 else " ▲" if row["diff_low"] > 0 else ""
-    return estimate.format().replace(f" (n={row['n']})", "") + mark
+    invalid = row.get("invalid")
+    out_of_format = f" ({invalid:.2f} out of format)" if invalid is not None and invalid >= 0.005 else ""
+    return estimate.format().replace(f" (n={row['n']})", "") + mark + out_of_format
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
@@ -84,7 +87,8 @@ def findings_block(settings: dict[str, list[Job]], rows: list[dict[str, Any]], f
         f"{runs} runs ({len(settings)} settings x seeds {', '.join(seeds)}; {minutes:.0f} min of jobs on the machine "
         f"that ran them), from `python train.py -m experiment=study` and `python -m diffpali.report {source}`. "
         "Each cell: mean ± 95% CI over seeds; ▼/▲: below/above vanilla by a paired bootstrap over the same seeds and "
-        "items (the 95% CI of the difference excludes 0). Every figure, its n, the differences and their p-values: "
+        "items (the 95% CI of the difference excludes 0); (x out of format): the share of that evaluation's replies "
+        "that named no cell at all, counted wrong. Every figure, its n, the differences and their p-values: "
         "the study's `results.md`.",
         "",
         summary_table(rows),
@@ -131,7 +135,7 @@ def update_readme(jobs: list[Job], written: dict[str, Path], readme: Path, figur
     """The findings section of ``readme`` rewritten from what the study's section just wrote (``study.csv``, its
     figures, copied to ``figure_dir``, default ``docs/study`` beside the README) and from the study's runs (their
     training and lambdas). Returns what was written, for the console."""
-    settings = settings_of(jobs)
+    settings = settings_of(jobs, STUDY)
     if not settings or "study.csv" not in written:
         raise ValueError(f"{source}: no completed study runs (python train.py -m experiment=study)")
     rows = read_study_csv(written["study.csv"])

@@ -1,32 +1,29 @@
-"""The study's figures: accuracy and the target's attention share against distractors (one line per
-setting, a 95% band over seeds), and every setting's lambda per layer over training (mean over seeds)."""
+"""A sweep's figures: accuracy and the target's attention share against distractors as small multiples
+(one panel per setting and grid, vanilla in every panel as a grey reference; 95% bands over seeds), and
+every setting's lambda per layer over training (mean over seeds)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from ..config import describe
 from ..evals.base import pyplot, save_figure
-from ..evals.distractors.plots import distractor_curves, series_of
+from ..evals.distractors.plots import series_of
 from ..lambda_history import read_history
 from .runs import Job
-from .stats import mean_ci
+from .slopes import slope_estimates
+from .stats import Estimate, mean_ci
+from .sweeps import BASELINE, any_setting
 
-
-def study_setting(job: Job) -> Optional[str]:
-    """The study setting of a job: its ``+experiment/study=<name>`` override."""
-    for item in job.overrides:
-        key, _, value = item.lstrip("+").partition("=")
-        if key == "experiment/study":
-            return value
-    return None
+#: (mean, CI low, CI high) per k, per (N, M, kind)
+Bands = dict[tuple[int, int, str], dict[int, tuple[Optional[float], Optional[float], Optional[float]]]]
 
 
 def setting_label(job: Job) -> str:
-    """A study job's setting name (``diff_v2_plain``: two settings may share a variant); for any other job
-    ``diff_dup (separate) + swiglu``: the attention variant, and the FFN when it is not the pretrained MLP."""
-    setting = study_setting(job)
+    """A study or scratch job's setting name (``diff_v2_plain``: two settings may share a variant); for any other
+    job ``diff_dup (separate) + swiglu``: the attention variant, and the FFN when it is not the pretrained MLP."""
+    setting = any_setting(job)
     if setting is not None:
         return setting
     attn = job.get("attn") or {}
@@ -38,28 +35,84 @@ def setting_label(job: Job) -> str:
     return name + (f" + {ffn}" if ffn and ffn != "mlp" else "")
 
 
+def setting_bands(jobs: list[Job], metric: str) -> Bands:
+    """One setting's ``metric`` per (N, M=1, kind) and k: mean and 95% CI over its seeds."""
+    per_seed = [series_of(j.evals.get("distractors", {}), metric) for j in jobs]
+    lines: Bands = {}
+    for key in sorted({key for series in per_seed for key in series}):
+        if key[1] != 1:  # one image per sample in the figure; M = 2 is in the tables when measured
+            continue
+        counts = sorted({k for series in per_seed for k in series.get(key, {})})
+        line = {}
+        for k in counts:
+            est = mean_ci([series.get(key, {}).get(k, (None,))[0] for series in per_seed], (0.0, 1.0))
+            line[k] = (est.mean, est.low, est.high)
+        lines[key] = line
+    return lines
+
+
+def _draw(ax: Any, line: dict[int, tuple[Optional[float], ...]], color: Any, label: str, width: float) -> None:
+    ks = sorted(line)
+    ax.plot(ks, [float("nan") if line[k][0] is None else line[k][0] for k in ks], marker="o", ms=3, lw=width,
+            color=color, label=label)
+    if all(line[k][1] is not None for k in ks):  # a t interval may pass 0 or 1: drawn inside [0, 1]
+        ax.fill_between(ks, [max(0.0, line[k][1]) for k in ks], [min(1.0, line[k][2]) for k in ks], color=color,
+                        alpha=0.18, lw=0)
+
+
+def _slope_note(ax: Any, slopes: dict[str, tuple[Estimate, Optional[Estimate]]], name: str) -> None:
+    """The panel's slope per distractor (mean over seeds) and, paired by seed, minus vanilla's."""
+    if name not in slopes:
+        return
+    estimate, paired = slopes[name]
+    note = f"slope {estimate.mean:+.3f}" + ("" if paired is None else f", vs vanilla {paired.mean:+.3f}")
+    ax.text(0.03, 0.04, note, transform=ax.transAxes, fontsize=6.5, color="0.25")
+
+
 def distractor_figure(settings: dict[str, list[Job]], metric: str, path: Path) -> Optional[Path]:
-    """``metric`` (exact | needle_of_image) against k, one band per setting (mean and 95% CI over seeds)."""
-    bands = {}
-    for jobs in settings.values():
-        per_seed = [series_of(j.evals.get("distractors", {}), metric) for j in jobs]
-        lines = {}
-        for key in sorted({key for series in per_seed for key in series}):
-            if key[1] != 1:  # one image per sample in the figure; M = 2 is in the tables when measured
-                continue
-            counts = sorted({k for series in per_seed for k in series.get(key, {})})
-            line = {}
-            for k in counts:
-                est = mean_ci([series.get(key, {}).get(k, (None,))[0] for series in per_seed], (0.0, 1.0))
-                line[k] = (est.mean, est.low, est.high)
-            lines[key] = line
-        if lines:
-            bands[setting_label(jobs[0])] = lines
+    """``metric`` (exact | needle_of_image) against k as small multiples: a row per setting (vanilla's own row
+    only when it is alone), a column per grid and kind; vanilla's line and band drawn in grey in every panel,
+    and each panel's least-squares slope against k (:mod:`.slopes`) written in it."""
+    bands = {name: setting_bands(jobs, metric) for name, jobs in settings.items()}
+    bands = {name: lines for name, lines in bands.items() if lines}
     if not bands:
         return None
-    what = "exact location (image, row AND column)" if metric == "exact" else "target cell's share of image attention"
-    title = f"{what}: mean and 95% CI over seeds; hard (solid) and easy (dashed) distractors"
-    return distractor_curves({}, path, title, metric=metric, bands=bands)
+    reference = bands.get(BASELINE, {})
+    slopes = slope_estimates(settings, metric)
+    rows = [name for name in bands if name != BASELINE] or [BASELINE]
+    columns = sorted({(grid, kind) for lines in bands.values() for (grid, _, kind) in lines},
+                     key=lambda c: (c[0], c[1] != "hard"))
+    plt = pyplot()
+    height = 1.9 * len(rows) + 0.7
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.3 * len(columns) + 0.6, height),
+                             squeeze=False, sharex="col", sharey=True)
+    for r, name in enumerate(rows):
+        for c, (grid, kind) in enumerate(columns):
+            ax = axes[r][c]
+            if name != BASELINE and (grid, 1, kind) in reference:
+                _draw(ax, reference[(grid, 1, kind)], "0.55", BASELINE, 1.0)
+            if (grid, 1, kind) in bands[name]:
+                _draw(ax, bands[name][(grid, 1, kind)], "C0" if name != BASELINE else "0.3", name, 1.6)
+            if metric == "exact":
+                ax.axhline(1 / (grid * grid), color="grey", lw=0.7, ls=":")
+            _slope_note(ax, slopes.get((grid, 1, kind), {}), name)
+            ax.set_xscale("symlog", linthresh=1)
+            counts = sorted({k for lines in bands.values() for k in lines.get((grid, 1, kind), {})})
+            ax.set_xticks(counts or [0])
+            ax.set_xticklabels([str(k) for k in counts or [0]], fontsize=7)
+            ax.tick_params(labelsize=7)
+            ax.set_ylim(-0.02, 1.02)
+            if r == 0:
+                ax.set_title(f"{grid}x{grid}, {kind}", fontsize=9)
+            if r == len(rows) - 1:
+                ax.set_xlabel("distractors k", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=9)
+    what = "exact location (row AND column)" if metric == "exact" else "target cell's share of image attention"
+    fig.suptitle(f"{what} against distractors: mean and 95% CI over seeds; grey: {BASELINE}"
+                 + ("; dotted: chance" if metric == "exact" else ""), fontsize=9, y=1 - 0.06 / height)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.22 / height))
+    return save_figure(fig, path, dpi=110)
 
 
 def lambda_histories(jobs: list[Job]) -> list[dict[str, list[tuple[int, float]]]]:

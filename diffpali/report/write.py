@@ -9,13 +9,14 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from . import attention, pope, study, table1, table2
+from . import attention, pope, scratch, study, table1, table2
 from .format import write_csv
 from .runs import Job
 from .section import Report, Section
 
 #: Every section, in the order they are written and printed.
-SECTIONS: tuple[Section, ...] = (table1.SECTION, table2.SECTION, pope.SECTION, attention.SECTION, study.SECTION)
+SECTIONS: tuple[Section, ...] = (table1.SECTION, table2.SECTION, pope.SECTION, attention.SECTION, study.SECTION,
+                                 scratch.SECTION)
 
 JOBS_CSV_FIELDS = ["path", "status", "row", "seed", "setting", "score_pct", "error"]
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from .attn import AttnSettings, attn_settings
 
 
 @dataclass
@@ -74,6 +77,10 @@ class Stage1Spec:
     vision_lr_scale: float = 0.0  #: the tower's learning rate as a share of ``lr``; 0 keeps stage 0's tower frozen
 
 
+def _vanilla_attn() -> dict[str, Any]:
+    return {"variant": "vanilla", "towers": ["vision", "text"]}
+
+
 @dataclass
 class TinySpec:
     """Architecture and pretraining recipe of the offline tiny PaliGemma.
@@ -87,3 +94,12 @@ class TinySpec:
     stage0: Stage0Spec = field(default_factory=Stage0Spec)
     stage1: Stage1Spec = field(default_factory=Stage1Spec)
     seed: int = 0  #: initialisation and every data stream of the build
+    #: the attention the base is pretrained with, from the first step: an ``attn`` record (``variant`` and that
+    #: variant's knobs, as ``attn=<option> attn.<knob>=...`` give); vanilla: the stock attention, a stock base
+    attn: dict[str, Any] = field(default_factory=_vanilla_attn)
+
+    def attention(self, key: str = "attn") -> AttnSettings:
+        """The typed settings of ``attn``: an unknown variant or knob, or a bad value, fails naming ``key``."""
+        settings = attn_settings(self.attn, key)
+        settings.validate(key)
+        return settings

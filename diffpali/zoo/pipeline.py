@@ -102,6 +102,8 @@ def run_stage(stage: Stage, runner: StageRunner, device: str, workers: int, prog
     for module in stage.frozen:
         module.train(False)
         module.requires_grad_(False)
+    if runner.step >= stage.steps:  # resumed at its end: nothing to draw, no workers to start
+        return
     pin = torch.device(device).type == "cuda" and workers > 0
     feed = {"batches": iter(batch_loader(stage.batches, runner.step, stage.steps, workers, pin))}
 

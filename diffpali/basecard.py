@@ -2,6 +2,7 @@
 
     python -m diffpali.basecard --out diffpali/zoo/tiny_paligemma            # build (resumable), then score
     python -m diffpali.basecard --out diffpali/zoo/tiny_paligemma --score-only
+    python -m diffpali.basecard --out DIR --set attn=diff_split seed=1    # pretrained with DIFF V1 from step 0
 
 The scores are those every fine-tuned model gets from ``evaluate.py`` (same haystacks, probes and
 parsers), each beside its chance level; easy-vqa's also beside the question-only baseline. Every
@@ -19,11 +20,11 @@ from typing import Any
 
 import torch
 
-from .config import EvalTaskConfig, EvaluateConfig, LoggerConfig, ModelConfig, TinySpec
+from .config import EvalTaskConfig, EvaluateConfig, LoggerConfig, ModelConfig
 from .data.easy_vqa import question_only_baseline
 from .jsonio import write_json_atomic
 from .runner import evaluate
-from .zoo.build import apply_overrides, build_base
+from .zoo.build import build_base, spec_from_command_line
 
 log = logging.getLogger(__name__)
 BUILD_INFO = "build_info.json"
@@ -88,16 +89,20 @@ def main() -> None:
     parser.add_argument("--score-only", action="store_true", help="score an existing build")
     parser.add_argument("--device", default=None)
     parser.add_argument("--work", type=Path, default=None, help="build checkpoints (default: beside --out)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override TinySpec fields")
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override TinySpec fields (attn=<option> attn.<knob>=...: the attention)")
     parser.add_argument("--limit", type=int, default=None, help="score only the first N samples of each benchmark")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 beside other work)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="DataLoader processes drawing the build's batches (default: 0 on a CPU, up to 8 on a GPU)")
     args = parser.parse_args()
+    spec = None if args.score_only else spec_from_command_line(args.set)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.score_only:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        build_base(apply_overrides(TinySpec(), args.set), args.out, device, args.work)
+        build_base(spec, args.out, device, args.work, workers=args.workers)
     info_path = args.out / BUILD_INFO
     info = json.loads(info_path.read_text())
     info["benchmarks"] = score_base(args.out, limit=args.limit)

@@ -152,6 +152,11 @@ def test_every_field_of_the_spec_is_in_its_key():
     assert spec_key(replace(spec, seed=1)) != spec_key(spec)
     assert spec_key(apply_overrides(spec, ["stage1.weights.detect=0.3"])) != spec_key(spec)
     assert spec_key(apply_overrides(spec, ["stage0.lr=0.001"])) != spec_key(spec)
+    # attn: a vanilla record hashes as before the field existed; a differential one with every knob
+    split = apply_overrides(spec, ["attn=diff_split"])
+    assert spec_key(apply_overrides(spec, ["attn=vanilla", "attn.towers=[text]"])) == spec_key(spec) != spec_key(split)
+    assert spec_key(apply_overrides(split, ["attn.lambda_std=0.05"])) != spec_key(split)
+    assert spec_key(apply_overrides(split, ["attn.towers=[text]"])) != spec_key(split)
 
 
 @pytest.mark.parametrize("task", ["vqa", "vqa_drawn"])

@@ -83,6 +83,7 @@ class ModelConfig:
                  f"must be in [1, text.num_hidden_layers={text.num_hidden_layers}]")
         if vision.hidden_size % vision.num_attention_heads:
             fail(f"{key}.tiny.vision.num_attention_heads", vision.num_attention_heads, "must divide hidden_size")
+        self.tiny.attention(f"{key}.tiny.attn")
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attn import AttnSettings, attn_settings
-from .rules import TOWERS
 
 
 @dataclass
@@ -78,8 +77,8 @@ class Stage1Spec:
     vision_lr_scale: float = 0.0  #: the tower's learning rate as a share of ``lr``; 0 keeps stage 0's tower frozen
 
 
-def _vanilla_attention() -> dict[str, Any]:
-    return {"variant": "vanilla", "towers": list(TOWERS)}
+def _vanilla_attn() -> dict[str, Any]:
+    return {"variant": "vanilla", "towers": ["vision", "text"]}
 
 
 @dataclass
@@ -95,10 +94,12 @@ class TinySpec:
     stage0: Stage0Spec = field(default_factory=Stage0Spec)
     stage1: Stage1Spec = field(default_factory=Stage1Spec)
     seed: int = 0  #: initialisation and every data stream of the build
-    #: the attention the base is pretrained with, as an ``attn`` record (``{"variant": "diff_split"}``, knobs as in
-    #: conf/attn): in place from the random initialisation, every weight trained. Vanilla: the stock attention
-    attn: dict[str, Any] = field(default_factory=_vanilla_attention)
+    #: the attention the base is pretrained with, from the first step: an ``attn`` record (``variant`` and that
+    #: variant's knobs, as ``attn=<option> attn.<knob>=...`` give); vanilla: the stock attention, a stock base
+    attn: dict[str, Any] = field(default_factory=_vanilla_attn)
 
-    def attention(self) -> AttnSettings:
-        """The typed settings of ``attn`` (an unknown variant or knob: a ConfigError naming it)."""
-        return attn_settings(self.attn, "model.tiny.attn")
+    def attention(self, key: str = "attn") -> AttnSettings:
+        """The typed settings of ``attn``: an unknown variant or knob, or a bad value, fails naming ``key``."""
+        settings = attn_settings(self.attn, key)
+        settings.validate(key)
+        return settings

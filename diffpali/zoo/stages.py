@@ -287,12 +287,24 @@ class StageRunner:
             log.info("%s: %d steps; %.0f s of training in all", self.name, self.step - first, self.seconds)
 
 
-def build_stage1_batches(mixture: Stage1Mixture, processor: Any, batch_size: int, image_tokens: int,
-                         device: str) -> Callable[[int], dict[str, torch.Tensor]]:
-    tokens = TokenCache(processor)
+@dataclass
+class Stage0Batches:
+    """Stage 0's batch source: step -> CPU batch of ``size`` drawn scenes (picklable, for DataLoader workers)."""
 
-    def batch(step: int) -> dict[str, torch.Tensor]:
-        out = collate_stage1(mixture.batch(step, batch_size), tokens, image_tokens)
-        return {k: v.to(device) for k, v in out.items()}
+    stream: Stage0Stream
+    size: int
+    image_processor: Any
 
-    return batch
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        return self.stream.batch(step, self.size, self.image_processor)
+
+
+class Stage1Batches:
+    """Stage 1's batch source: step -> CPU batch of ``size`` mixture examples (picklable, for DataLoader workers)."""
+
+    def __init__(self, mixture: Stage1Mixture, processor: Any, size: int, image_tokens: int):
+        self.mixture, self.tokens, self.size, self.image_tokens = mixture, TokenCache(processor), size, image_tokens
+        _ = self.mixture.templates  # read easy-vqa's questions once here, not once in every worker
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        return collate_stage1(self.mixture.batch(step, self.size), self.tokens, self.image_tokens)

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import GemmaConfig, GemmaTokenizer, PaliGemmaConfig, PaliGemmaProcessor, SiglipVisionConfig
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
+from ..attention import variant_for
 from ..config import TinySpec
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
@@ -25,36 +26,33 @@ BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 RECIPE_VERSION = 8
 
 
-def pretrained_attention(spec: TinySpec) -> dict | None:
-    """The spec's attention as its full record (every knob, defaults filled in), or None when vanilla.
-
-    Vanilla stays out of the keys, so every vanilla base keeps the key it had before bases could be
-    pretrained with a variant (the shipped one among them)."""
-    settings = spec.attention()
-    return None if settings.variant == "vanilla" else asdict(settings)
+def _hashed(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def spec_key(spec: TinySpec) -> str:
-    """Short stable hash of the spec and recipe version: the cache key of a built base."""
-    fields = asdict(spec)
-    fields.pop("attn")
-    attention = pretrained_attention(spec)
-    if attention is not None:
-        fields["attn"] = attention
-    payload = json.dumps({"spec": fields, "recipe": RECIPE_VERSION}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    """Short stable hash of the spec and recipe version: the cache key of a built base.
+
+    A vanilla spec hashes without its ``attn`` record, so the keys of bases built before the field
+    existed still hold; a differential one hashes its whole typed record, every default filled in.
+    """
+    settings = spec.attention()
+    fields = {k: v for k, v in asdict(spec).items() if k != "attn"}
+    if variant_for(settings).differential:
+        fields["attn"] = asdict(settings)
+    return _hashed({"spec": fields, "recipe": RECIPE_VERSION})
 
 
 def stage0_key(spec: TinySpec) -> str:
-    """Hash of what stage 0 depends on (the tower, its attention, its recipe, the seed): a stage-0 checkpoint
-    serves every spec that differs from it only after stage 0 (a decoder-only variant shares vanilla's)."""
-    fields = {"vision": asdict(spec.vision), "stage0": asdict(spec.stage0), "seed": spec.seed,
-              "recipe": RECIPE_VERSION}
-    attention = pretrained_attention(spec)
-    if attention is not None and "vision" in attention["towers"]:
-        fields["attn"] = attention
-    payload = json.dumps(fields, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    """Hash of what stage 0 depends on (the tower, its recipe, the seed, its attention if converted): a
+    stage-0 checkpoint serves every spec that differs from it only after stage 0, a decoder-only variant
+    included."""
+    payload = {"vision": asdict(spec.vision), "stage0": asdict(spec.stage0), "seed": spec.seed,
+               "recipe": RECIPE_VERSION}
+    settings = spec.attention()
+    if variant_for(settings).differential and "vision" in settings.towers:
+        payload["attn"] = asdict(settings)
+    return _hashed(payload)
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> GemmaTokenizer:

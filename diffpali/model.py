@@ -36,7 +36,7 @@ from .surgery import apply_attention
 from .towers import TOWER_TABLE
 from .zoo.build import build_base
 from .zoo.random_base import load_random
-from .zoo.tiny import spec_key
+from .zoo.tiny import spec_key, stage0_key
 from .zoo.variant_base import load_variant_base
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,11 @@ def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str 
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=target.parent))
     try:
         work = target.parent / f".{key}-work"  # checkpoints: a killed build resumes from them
-        build_base(spec, staging, device, work_dir=work, progress=False)
+        # stage 0 checkpoints by its own key, kept: every spec sharing it (a decoder-only variant and vanilla of
+        # one seed, or a recipe that changes stage 1 only) resumes it at its end instead of training it again
+        shared = target.parent / ".stage0" / f"{stage0_key(spec)}.pt"
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        build_base(spec, staging, device, work_dir=work, progress=False, stage0_path=shared)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -14,9 +14,10 @@ import torch
 from diffpali.config import ConfigError, FfnConfig, ModelConfig, TinySpec, settings_for
 from diffpali.config.bases import resolve_base_attention
 from diffpali.files import UnreadableFileError
-from diffpali.model import apply_variants, load_base
+from diffpali.model import apply_variants, load_base, resolve_tiny_base
 from diffpali.paths import VARIANT_MODEL_FILE
 from diffpali.zoo.build import apply_overrides, build_base
+from diffpali.zoo.tiny import stage0_key
 
 SHIPPED_KEY = "8ca0ff5dc5ac"  #: the shipped base's key, which no change of the spec's schema may move
 RECIPE = ["stage0.steps=3", "stage0.batch_size=8", "stage1.steps=3", "stage1.batch_size=4", "stage1.opening_steps=1"]
@@ -86,3 +87,15 @@ def test_a_damaged_weights_file_is_named(bases, tmp_path):
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(UnreadableFileError, match=VARIANT_MODEL_FILE):
         load_base(ModelConfig(source="zoo", name_or_path=str(copy)))
+
+
+def test_a_decoder_only_variant_resumes_the_cached_stage_zero_of_vanilla(tmp_path):
+    vanilla = apply_overrides(TinySpec(), RECIPE)
+    text_only = apply_overrides(vanilla, ["attn=diff_split", "attn.towers=[text]"])
+    first = resolve_tiny_base(vanilla, str(tmp_path))
+    shared = tmp_path / "tiny" / ".stage0" / f"{stage0_key(vanilla)}.pt"
+    written = shared.stat().st_mtime_ns
+    second = resolve_tiny_base(text_only, str(tmp_path))
+    assert shared.stat().st_mtime_ns == written  # resumed at its end, not trained again
+    towers = [load_base(ModelConfig(source="zoo", name_or_path=str(d)))[0].model.vision_tower for d in (first, second)]
+    assert all(torch.equal(a, b) for a, b in zip(*(t.state_dict().values() for t in towers)))

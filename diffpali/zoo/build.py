@@ -70,9 +70,11 @@ def init_modules(spec: TinySpec, processor: Any, device: str = "cpu"
 
 
 def build_stages(spec: TinySpec, processor: Any, model: PaliGemmaForConditionalGeneration, heads: TokenLabelHeads,
-                 match_head: torch.nn.Module, work_dir: Path, device: str) -> list[Stage]:
+                 match_head: torch.nn.Module, work_dir: Path, device: str,
+                 stage0_path: Path | None = None) -> list[Stage]:
     """Stage 0 (the vision tower alone, with its token heads) and stage 1 (the rest on the mixture; the
-    tower frozen, or at ``vision_lr_scale`` of the learning rate)."""
+    tower frozen, or at ``vision_lr_scale`` of the learning rate). ``stage0_path``: stage 0's checkpoint,
+    if not in ``work_dir`` (a file every spec with the same stage-0 key can resume from)."""
     per_side = spec.vision.image_size // spec.vision.patch_size
     image_tokens = per_side * per_side
     tower = model.model.vision_tower
@@ -82,7 +84,8 @@ def build_stages(spec: TinySpec, processor: Any, model: PaliGemmaForConditionalG
         singles[:] = singles or validation_singles(400)
         return stage0_probe(tower, heads, *singles, processor.image_processor)
 
-    stage0 = Stage("stage 0", stage0_key(spec), work_dir / "stage0.pt", {"tower": tower, "heads": heads},
+    stage0 = Stage("stage 0", stage0_key(spec), stage0_path or work_dir / "stage0.pt",
+                   {"tower": tower, "heads": heads},
                    [{"params": list(tower.parameters()) + list(heads.parameters()), "lr_scale": 1.0}],
                    spec.stage0.lr, spec.stage0.steps, warmup=50,
                    batches=Stage0Batches(Stage0Stream(spec.seed, spec.vision.image_size, per_side),
@@ -113,12 +116,14 @@ def build_stages(spec: TinySpec, processor: Any, model: PaliGemmaForConditionalG
 
 def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Path | None = None,
                progress: bool = True, probe_every: int = 500, checkpoint_every: int = 250,
-               workers: int | None = None) -> dict:
+               workers: int | None = None, stage0_path: Path | None = None) -> dict:
     """Train the tiny base described by ``spec`` and save it (model, processor, build_info.json).
 
     Checkpoints go to ``work_dir`` every ``checkpoint_every`` steps; calling this again with the same
     spec and ``work_dir`` continues from the last one. ``probe_every``: held-out read-outs (0: none).
     ``workers``: DataLoader processes drawing the batches (None: :func:`default_workers` of the device).
+    ``stage0_path``: where stage 0 checkpoints (default: ``work_dir``), e.g. a cache shared by every spec with
+    the same :func:`stage0_key`: vanilla and a decoder-only variant of the same seed train stage 0 once.
     """
     key = spec_key(spec)
     work_dir = Path(work_dir) if work_dir else out_dir.parent / f".build-{key}"
@@ -141,8 +146,9 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
         probe_batch = lambda_probe_batch(spec, processor)
         lambda_start = lambda_after_forward(model, probe_batch)  # the initial weights: the same on every resume
 
-    stage0, stage1 = run_stages(build_stages(spec, processor, model, heads, match_head, work_dir, device), device,
-                                workers, progress=progress, probe_every=probe_every, checkpoint_every=checkpoint_every)
+    stages = build_stages(spec, processor, model, heads, match_head, work_dir, device, stage0_path)
+    stage0, stage1 = run_stages(stages, device, workers, progress=progress, probe_every=probe_every,
+                                checkpoint_every=checkpoint_every)
     info["stage0"] = {"steps": stage0["steps"], "train_seconds": stage0["train_seconds"],
                       "probe_validation_singles": stage0["summary"]}
     recent = stage1["history"][-50:]

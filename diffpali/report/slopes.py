@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from ..evals.distractors.plots import series_of
 from .format import md_table
 from .runs import Job
-from .stats import Estimate, mean_ci
+from .stats import Estimate, by_direction, mean_ci
 from .sweeps import BASELINE
 
 Curve = tuple[int, int, str]  #: (N, M, kind)
@@ -98,14 +98,9 @@ def slope_table(settings: dict[str, list[Job]], metric: str = "exact") -> tuple[
 def slope_findings(rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting: on how many distractor curves its accuracy falls faster or slower than vanilla's
     (the 95% CI of the per-seed difference of slopes excludes 0), from :func:`slope_table`'s rows."""
-    by_setting: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        if row["key"].endswith("/slope") and row.get("diff_low") is not None:
-            by_setting.setdefault(row["setting"], []).append(row)
     out = []
-    for setting, found in by_setting.items():
-        faster = [r for r in found if r["diff_high"] < 0]
-        slower = [r for r in found if r["diff_low"] > 0]
+    slopes = [r for r in rows if r["key"].endswith("/slope") and r.get("diff_low") is not None]
+    for setting, (found, faster, slower) in by_direction(slopes).items():
         line = (f"{setting}: accuracy falls faster with k than vanilla's on {len(faster)} of {len(found)} distractor "
                 f"curves, slower on {len(slower)}")
         if faster or slower:

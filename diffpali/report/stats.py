@@ -136,3 +136,13 @@ def paired_bootstrap(variant: Sequence[Sequence[float]], baseline: Sequence[Sequ
     far_side = np.mean(replicate <= 0) if observed > 0 else np.mean(replicate >= 0)
     p_value = min(1.0, max(2 * float(far_side), 1 / replicates))
     return Comparison(observed, low, high, p_value, seeds, int(diffs[0].size), replicates)
+
+
+def by_direction(rows: Iterable[dict[str, Any]]) -> dict[str, tuple[list, list, list]]:
+    """Rows with a paired difference (``diff_low``, ``diff_high``: its 95% CI), by ``setting``: (all of them,
+    those whose CI lies below 0, those whose CI lies above 0). The findings of every section count these."""
+    grouped: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault(row["setting"], []).append(row)
+    return {setting: (found, [r for r in found if r["diff_high"] < 0], [r for r in found if r["diff_low"] > 0])
+            for setting, found in grouped.items()}

@@ -16,7 +16,7 @@ from ..evals.base import read_items
 from .base_lambda import MOVED
 from .format import md_table
 from .runs import Job
-from .stats import Comparison, Estimate, format_p, mean_ci, paired_bootstrap
+from .stats import Comparison, Estimate, by_direction, format_p, mean_ci, paired_bootstrap
 from .study_figures import lambda_histories, setting_label
 from .sweeps import BASELINE
 
@@ -166,14 +166,9 @@ def findings(csv_rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting: on how many figures it is significantly below, above or level with vanilla (the
     95% CI of the paired bootstrap difference excludes 0, or not), and its largest significant gap. Rows with
     no bootstrap p-value (slopes, lambda) are not figures of this count."""
-    by_setting: dict[str, list[dict[str, Any]]] = {}
-    for row in csv_rows:
-        if row.get("diff") is not None and row.get("p_value") is not None:
-            by_setting.setdefault(row["setting"], []).append(row)
     out = []
-    for setting, rows in by_setting.items():
-        lower = [r for r in rows if r["diff_high"] < 0]
-        higher = [r for r in rows if r["diff_low"] > 0]
+    figures = [r for r in csv_rows if r.get("diff") is not None and r.get("p_value") is not None]
+    for setting, (rows, lower, higher) in by_direction(figures).items():
         line = (f"{setting}: below vanilla on {len(lower)} of {len(rows)} figures, above on {len(higher)}, "
                 f"no significant difference on {len(rows) - len(lower) - len(higher)}")
         if lower or higher:

@@ -62,7 +62,8 @@ def _built_key(directory: Path) -> str | None:
     return read_json(info, base_remedy(directory)).get("key")
 
 
-def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str | None = None) -> Path:
+def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str | None = None,
+                      quiet: bool = False) -> Path:
     """Directory of the tiny base for ``spec``: the shipped one, a cached one, or a new build.
 
     The key is a hash of the whole spec (architecture and pretraining recipe), so a changed spec
@@ -70,11 +71,12 @@ def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str 
     """
     key = spec_key(spec)
     if _built_key(SHIPPED_TINY_DIR) == key:
-        log.info("tiny base %s: using the shipped base in %s", key, SHIPPED_TINY_DIR)
+        log.log(logging.DEBUG if quiet else logging.INFO, "tiny base %s: using the shipped base in %s", key,
+                SHIPPED_TINY_DIR)
         return SHIPPED_TINY_DIR
     target = cache_root(cache_dir) / "tiny" / key
     if _built_key(target) == key:
-        log.info("tiny base %s: using the cached base in %s", key, target)
+        log.log(logging.DEBUG if quiet else logging.INFO, "tiny base %s: using the cached base in %s", key, target)
         return target
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     log.warning("tiny base %s: not shipped or cached; building it now on %s (%d + %d pretraining steps) into %s",
@@ -99,17 +101,17 @@ def resolve_tiny_base(spec: TinySpec, cache_dir: str | None = None, device: str 
     return target
 
 
-def base_location(cfg: ModelConfig) -> str:
+def base_location(cfg: ModelConfig, quiet: bool = False) -> str:
     """Directory or Hub id that ``from_pretrained`` loads for this model config."""
     if cfg.source == "zoo" and not cfg.name_or_path:
-        return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir))
+        return str(resolve_tiny_base(cfg.tiny, cfg.cache_dir, quiet=quiet))
     return cfg.name_or_path
 
 
 def base_record(cfg: ModelConfig) -> Optional[dict[str, Any]]:
     """What a run records of a tiny base it starts from (``base.json``): its build key, attention, lambda per
     layer at the start and end of pretraining, and build time; None for a base with no ``build_info.json``."""
-    location = Path(base_location(cfg)) if cfg.source != "random" else None
+    location = Path(base_location(cfg, quiet=True)) if cfg.source != "random" else None  # found once already
     if location is None or not (location / "build_info.json").is_file():
         return None
     info = read_json(location / "build_info.json", base_remedy(location))

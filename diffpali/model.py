@@ -21,12 +21,12 @@ from transformers import BitsAndBytesConfig, PaliGemmaForConditionalGeneration, 
 
 from .attention import VARIANTS
 from .config import AttnSettings, FfnConfig, LoraConfig, ModelConfig, TinySpec, settings_from_record
-from .config.bases import base_attention
 from .ffn import apply_ffn
 from .files import check_files, read_json
 from .paths import (
     ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
+    BASE_ATTENTION_FILE,
     SHIPPED_TINY_DIR,
     VARIANT_WEIGHTS_FILE,
     VARIANTS_FILE,
@@ -34,7 +34,7 @@ from .paths import (
 )
 from .surgery import apply_attention
 from .towers import TOWER_TABLE
-from .zoo.build import build_base
+from .zoo.build import BUILD_INFO, build_base
 from .zoo.random_base import load_random
 from .zoo.tiny import spec_key, stage0_key
 from .zoo.variant_base import load_variant_base
@@ -112,9 +112,9 @@ def base_record(cfg: ModelConfig) -> Optional[dict[str, Any]]:
     """What a run records of a tiny base it starts from (``base.json``): its build key, attention, lambda per
     layer at the start and end of pretraining, and build time; None for a base with no ``build_info.json``."""
     location = Path(base_location(cfg, quiet=True)) if cfg.source != "random" else None  # found once already
-    if location is None or not (location / "build_info.json").is_file():
+    if location is None or not (location / BUILD_INFO).is_file():
         return None
-    info = read_json(location / "build_info.json", base_remedy(location))
+    info = read_json(location / BUILD_INFO, base_remedy(location))
     return {"directory": str(location), "key": info.get("key"),
             "attn": info.get("attn") or {"variant": "vanilla"}, "lambda": info.get("lambda") or {},
             "build_seconds": sum(info.get(stage, {}).get("train_seconds", 0.0) for stage in ("stage0", "stage1")),
@@ -129,14 +129,14 @@ def load_base(cfg: ModelConfig) -> tuple[PaliGemmaForConditionalGeneration, Pali
     if cfg.source == "random":
         return load_random(cfg, DTYPES[cfg.dtype])
     location = base_location(cfg)
+    if (Path(location) / BASE_ATTENTION_FILE).is_file():  # pretrained with a variant: rebuilt with it, loaded strictly
+        if cfg.quantization is not None:
+            raise ValueError(f"model.quantization={cfg.quantization}: {location} was pretrained with a "
+                             "differential attention, whose tensors load whole; 4-bit loading is for stock bases")
+        model, _ = load_variant_base(location, DTYPES[cfg.dtype], base_remedy(Path(location)))  # checks its files
+        return model, PaliGemmaProcessor.from_pretrained(location)
     if Path(location).is_dir():  # a damaged file is named here, not deep inside from_pretrained
         check_files(Path(location), base_remedy(Path(location)), required=("config.json",))
-        if base_attention(location) is not None:  # pretrained with a variant: rebuilt with it, loaded strictly
-            if cfg.quantization is not None:
-                raise ValueError(f"model.quantization={cfg.quantization}: {location} was pretrained with a "
-                                 "differential attention, whose tensors load whole; 4-bit loading is for stock bases")
-            model, _ = load_variant_base(location, DTYPES[cfg.dtype], base_remedy(Path(location)))
-            return model, PaliGemmaProcessor.from_pretrained(location)
     kwargs: dict[str, Any] = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
     processor = PaliGemmaProcessor.from_pretrained(location, **kwargs)
     if cfg.quantization == "nf4":

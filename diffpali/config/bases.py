@@ -14,7 +14,7 @@ from typing import Optional
 
 from ..files import UnreadableFileError, read_json
 from ..paths import BASE_ATTENTION_FILE
-from .attn import AttnSettings, attn_settings, settings_from_record
+from .attn import AttnSettings, settings_from_record
 from .groups import ModelConfig
 from .rules import fail
 
@@ -36,8 +36,8 @@ def declared_attention(model: ModelConfig) -> tuple[Optional[AttnSettings], str]
     """The attention the configured base was pretrained with (None: vanilla), and where that was read."""
     if model.name_or_path and Path(model.name_or_path).expanduser().is_dir():
         return base_attention(model.name_or_path), f"model.name_or_path={model.name_or_path}"
-    if model.source == "zoo" and getattr(model.tiny, "attn", None):
-        return attn_settings(model.tiny.attn, "model.tiny.attn"), "model.tiny.attn"
+    if model.source == "zoo":
+        return model.tiny.attention("model.tiny.attn"), "model.tiny.attn"
     return None, ""
 
 
@@ -50,11 +50,10 @@ def resolve_base_attention(model: ModelConfig, attn: AttnSettings) -> AttnSettin
     base, where = declared_attention(model)
     if base is None or base.variant == "vanilla":
         return attn
-    if attn.variant == "vanilla" or asdict(attn) == asdict(base):
-        return base
-    fail("attn", attn.name(), f"the base ({where}) was pretrained with attn={base.name()} {base_knobs(base)}; "
-         "leave attn at vanilla to keep its attention, or use a vanilla base")
-    raise AssertionError  # fail raises
+    if attn.variant != "vanilla" and asdict(attn) != asdict(base):
+        fail("attn", attn.name(), f"the base ({where}) was pretrained with attn={base.name()} {base_knobs(base)}; "
+             "leave attn at vanilla to keep its attention, or use a vanilla base")
+    return base
 
 
 def base_knobs(settings: AttnSettings) -> str:

@@ -28,9 +28,8 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .branches import BranchedProjection, Float32Module, QueryWithLambda, TokenLambda, noisy_copy
+from .branches import BranchedProjection, DiffLambda, HeadRMSNorm, QueryWithLambda, TokenLambda, noisy_copy
 from .config import (
     ATTN_SETTINGS,
     AttnSettings,
@@ -42,8 +41,6 @@ from .config import (
     register_settings,
     settings_from_record,
 )
-
-HEAD_NORM_EPS = 1e-5
 
 #: ``attend(query, key, value, mask, scaling) -> (batch, seq, heads, dim)``: one softmax(Q K^T s) V.
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor], float], torch.Tensor]
@@ -62,49 +59,6 @@ def lambda_init_for(layer_index: int, cfg: LambdaSettings) -> float:
         return cfg.lambda_init
     depth = layer_index + cfg.layer_index_base
     return 0.8 - 0.6 * math.exp(-0.3 * (depth - 1))
-
-
-class DiffLambda(Float32Module):
-    """lambda = exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init (eq. 3), one scalar per layer.
-
-    The vectors have the dimension of one branch's query. They are created in float32, stay float32
-    when the model is cast (``bf16-true``) and are always evaluated in float32 with autocast off: lambda
-    multiplies a whole attention map, and a bf16 exp of a dot product is too coarse for it.
-    """
-
-    def __init__(self, dim: int, lambda_init: float, std: float, tied: bool = False,
-                 device: torch.device | None = None):
-        super().__init__()
-        self.lambda_init = lambda_init
-        vectors = torch.empty(4, dim, dtype=torch.float32, device=device).normal_(0.0, std)
-        if tied:  # exp(lq1.lk1) - exp(lq2.lk2) = 0 exactly, while each term still has a gradient
-            vectors[2:] = vectors[:2]
-        self.lq1, self.lk1, self.lq2, self.lk2 = (nn.Parameter(v.clone()) for v in vectors)
-
-    def forward(self) -> torch.Tensor:
-        with torch.autocast(self.lq1.device.type, enabled=False):
-            first = torch.exp(torch.dot(self.lq1.float(), self.lk1.float()))
-            second = torch.exp(torch.dot(self.lq2.float(), self.lk2.float()))
-            return first - second + self.lambda_init
-
-
-class HeadRMSNorm(Float32Module):
-    """(1 - lambda_init) * RMSNorm(head) over each head's channels (eq. 6), in float32.
-
-    One learnable weight of the head dimension is shared by the heads of a layer, as in the
-    Differential Transformer; the fixed factor (1 - lambda_init) keeps gradients on the scale of
-    the pretrained attention at init.
-    """
-
-    def __init__(self, dim: int, lambda_init: float, device: torch.device | None = None):
-        super().__init__()
-        self.scale = 1.0 - lambda_init
-        self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32, device=device))
-
-    def forward(self, heads: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(heads.device.type, enabled=False):
-            normed = F.rms_norm(heads.float(), (heads.shape[-1],), self.weight.float(), HEAD_NORM_EPS)
-            return normed * self.scale
 
 
 def differential(module: nn.Module, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -155,7 +109,8 @@ class AttentionVariant:
         lambda_init = lambda_init_for(depth, cfg)
         device = module.v_proj.weight.device
         tied = cfg.lambda_pairs == "tied"
-        module.diff_lambda = DiffLambda(cls.branch_dim(module), lambda_init, cfg.lambda_std, tied, device)
+        module.diff_lambda = DiffLambda(cls.branch_dim(module), lambda_init, cfg.lambda_std, tied, device,
+                                        warmup=cfg.lambda_warmup_steps > 0)
         saved = ["diff_lambda"]
         if cfg.head_norm:
             module.diff_norm = HeadRMSNorm(module.head_dim, lambda_init, device)
@@ -169,6 +124,12 @@ class AttentionVariant:
     @staticmethod
     def kernel(module: nn.Module, query, key, value, mask, scaling: float, attend: Attend) -> torch.Tensor:
         raise NotImplementedError
+
+    @staticmethod
+    def teacher(module: nn.Module, query, key, value, mask, scaling: float, attend: Attend) -> torch.Tensor:
+        """The pretrained layer's output from the same Q, K, V: what attention transfer trains the variant to
+        reproduce. The first branch is the pretrained projection wherever a variant has two."""
+        return attend(query, key, value, mask, scaling)
 
     @staticmethod
     def combine_maps(module: nn.Module, maps: list[torch.Tensor]
@@ -186,9 +147,14 @@ class AttentionVariant:
 
     @staticmethod
     def lambda_summary(module: nn.Module) -> dict[str, float]:
-        """This layer's lambda for logging: {"": value}, or {"": mean, "std": spread} when it varies by token."""
+        """This layer's lambda for logging: {"": value}, or {"": mean, "std": spread} when it varies by token;
+        under a warm-up also {"learned": the part of lambda the ramp does not set}, which starts where it
+        started without one (0 with tied pairs), so it tells whether lambda moved."""
         with torch.no_grad():
-            return {"": float(module.diff_lambda())}
+            summary = {"": float(module.diff_lambda())}
+            if module.diffpali_settings.lambda_warmup_steps:
+                summary["learned"] = float(module.diff_lambda(learned_only=True))
+            return summary
 
 
 class Vanilla(AttentionVariant):
@@ -285,6 +251,10 @@ class DiffDupSeparate(AttentionVariant):
         attn2 = attend(query2, key2, value, mask, scaling)
         return differential(module, attn1, attn2)
 
+    @staticmethod
+    def teacher(module, query, key, value, mask, scaling, attend):
+        return attend(query.chunk(2, dim=1)[0], key.chunk(2, dim=1)[0], value, mask, scaling)
+
 
 class DiffV2(AttentionVariant):
     """Differential Transformer V2: doubled query heads sharing their GQA group's K and V, one SDPA call,
@@ -305,8 +275,9 @@ class DiffV2(AttentionVariant):
         width = module.q_proj.in_features
         device = module.q_proj.weight.device
         twin = noisy_copy(module.q_proj, cfg.branch_noise, f"{name}.q2_proj")
-        lam = TokenLambda(width, heads, cfg.v2_lambda_init, device)
-        module.q_proj = QueryWithLambda(module.q_proj, twin, module.head_dim, lam)
+        warmup = cfg.lambda_warmup_steps > 0
+        lam = TokenLambda(width, heads, cfg.v2_lambda_init, device, warmup=warmup)
+        module.q_proj = QueryWithLambda(module.q_proj, twin, module.head_dim, lam, keep_learned=warmup)
         kv_heads = module.k_proj.out_features // module.head_dim
         module.num_key_value_groups = 2 * heads // kv_heads        # read by the SDPA wrapper to repeat K, V
         return ["diff_lambda"]
@@ -318,6 +289,11 @@ class DiffV2(AttentionVariant):
         with torch.autocast(attn.device.type, enabled=False):
             out = attn[:, :, 0::2].float() - lam[..., None] * attn[:, :, 1::2].float()
         return out.to(attn.dtype)
+
+    @staticmethod
+    def teacher(module, query, key, value, mask, scaling, attend):
+        # the even query heads are the pretrained ones; one call keeps the GQA grouping the module was given
+        return attend(query, key, value, mask, scaling)[:, :, 0::2]
 
     @staticmethod
     def combine_maps(module, maps):
@@ -332,7 +308,10 @@ class DiffV2(AttentionVariant):
         if lam is None:
             return {}
         lam = lam.detach().float()
-        return {"": float(lam.mean()), "std": float(lam.std()) if lam.numel() > 1 else 0.0}
+        summary = {"": float(lam.mean()), "std": float(lam.std()) if lam.numel() > 1 else 0.0}
+        if module.q_proj.last_learned is not None:
+            summary["learned"] = float(module.q_proj.last_learned.float().mean())
+        return summary
 
 
 #: Every attention variant, by name. Kernel registration, the recorder, the saved frozen tensors and the

@@ -1,5 +1,6 @@
-"""The training callback that records every layer's lambda to ``<run>/lambda_history.jsonl``
-(the format and its reader: :mod:`diffpali.lambda_history`)."""
+"""The training callbacks of lambda: :class:`LambdaHistory` records every layer's lambda to
+``<run>/lambda_history.jsonl`` (the format and its reader: :mod:`diffpali.lambda_history`);
+:class:`LambdaWarmup` ramps lambda in (``attn.lambda_warmup_steps``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import lightning as L
 from .lambda_history import step_of
 from .paths import LAMBDA_HISTORY_FILE
 from .strategies import shards_parameters
-from .surgery import lambda_values
+from .surgery import lambda_values, set_lambda_ramp
 
 
 class LambdaHistory(L.Callback):
@@ -67,3 +68,35 @@ class LambdaHistory(L.Callback):
         if trainer.global_step % every == 0 and trainer.global_step != self._last_step:
             self._record(trainer, pl_module)
             self._last_step = trainer.global_step
+
+
+def warmup_ramp(step: int, steps: int) -> float:
+    """The ramp at optimiser step ``step`` of a warm-up of ``steps``: 0 at the start, 1 from ``steps`` on."""
+    return min(1.0, step / steps) if steps > 0 else 1.0
+
+
+class LambdaWarmup(L.Callback):
+    """Raises every lambda's warm-up ramp linearly from 0 to 1 over ``steps`` optimiser steps.
+
+    The ramp is a function of the global step alone, so a resumed run continues the same schedule. It is
+    set when training starts and after every batch (for the next update, for validation, for the lambda
+    just recorded and, after the last, for the saved adapter); list this callback before
+    :class:`LambdaHistory`, which then records each lambda at the ramp it has.
+    """
+
+    def __init__(self, steps: int):
+        self.steps = steps
+
+    def _set(self, trainer: L.Trainer, pl_module: L.LightningModule) -> float:
+        ramp = warmup_ramp(int(trainer.global_step), self.steps)
+        set_lambda_ramp(pl_module.model if hasattr(pl_module, "model") else pl_module, ramp)
+        return ramp
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._set(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        ramp = self._set(trainer, pl_module)
+        if trainer.global_step % max(1, int(trainer.log_every_n_steps)) == 0:
+            pl_module.log("lambda/ramp", ramp, batch_size=1)

@@ -17,10 +17,10 @@ from .config import OptimConfig
 from .data.collate import model_inputs
 from .generation import generate_answers
 from .metrics import VQAAccuracy, categories_for, vqa_accuracy
-from .model import frozen_variant_names
+from .model import frozen_variant_names, new_attention_names
 from .nonfinite import NonFiniteError, first_nonfinite_grad, nonfinite_report
 from .strategies import shards_parameters
-from .surgery import lambda_values
+from .surgery import attention_transfer, lambda_values
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class DiffPaliModule(L.LightningModule):
         log_predictions: int = 32,
         on_nonfinite: str = "stop",
         signature: Optional[dict[str, Any]] = None,
+        transfer_steps: int = 0,
     ):
         super().__init__()
         self.model = model
@@ -81,6 +82,12 @@ class DiffPaliModule(L.LightningModule):
         self._step_skipped = False  # the update just dropped must not advance the learning-rate schedule
         self._drop_update = False  # some rank's batch was wholly unreadable: every rank drops this update
         self._has_lambda: Optional[bool] = None  # known after the first look: whether any layer has a lambda
+        self.transfer_steps = transfer_steps  #: the first N steps are attention transfer (see TrainConfig)
+        names = set(new_attention_names(model)) if transfer_steps else set()
+        self._transfer_params = [p for n, p in model.named_parameters() if n in names]
+        if transfer_steps and not self._transfer_params:
+            raise ValueError("transfer_steps > 0, but the model has no trainable new attention parts "
+                             "(second-branch LoRA, lambda, head norm) to transfer")
 
     # ---------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Optional[torch.Tensor]:
@@ -99,12 +106,24 @@ class DiffPaliModule(L.LightningModule):
             trainable = (p.sum() for p in self.model.parameters() if p.requires_grad)
             return sum(trainable, torch.zeros((), device=self.device)) * 0.0
         self._step_ids.extend(m.get("question_id") for m in batch["meta"])
+        if self._transferring():
+            with attention_transfer(self.model) as errors:
+                self.model(**model_inputs(batch, with_labels=False))
+            loss = torch.stack(errors).mean()  # over layers: each its relative error against the pretrained layer
+            if not torch.isfinite(loss):
+                self._step_loss_finite = False
+            if self._writes_logs(self.global_step + 1):
+                self.log("train/transfer_error", loss, batch_size=len(batch["meta"]))
+            return loss
         loss = self.model(**model_inputs(batch)).loss
         if not torch.isfinite(loss):
             self._step_loss_finite = False  # acted on in on_before_optimizer_step, in every rank at once
         if self._writes_logs(self.global_step + 1):
             self.log("train/loss", loss, batch_size=len(batch["meta"]))
         return loss
+
+    def _transferring(self) -> bool:
+        return self.global_step < self.transfer_steps
 
     def _writes_logs(self, step: int) -> bool:
         """Whether Lightning hands what is logged at optimiser step ``step`` to the logger (every
@@ -120,6 +139,11 @@ class DiffPaliModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Gradients are final here (accumulated, all-reduced) and not yet applied."""
+        if self._transferring():  # only the new attention parts learn in transfer (AdamW skips a None gradient)
+            keep = {id(p) for p in self._transfer_params}
+            for p in self.model.parameters():
+                if id(p) not in keep:
+                    p.grad = None
         if self._drop_update:  # the same in every rank (decided by an all-reduce in training_step)
             self._drop_update = False
             self._step_ids, self._step_loss_finite = [], True

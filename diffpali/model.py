@@ -235,6 +235,15 @@ ADAPTER_REMEDY = ("Copy the adapter folder again from where it was trained, or r
 _FROZEN_COPY = re.compile("|".join(p for v in VARIANTS.values() for p in v.frozen))
 
 
+#: The trainable parts a differential variant adds: a second branch's LoRA, lambda, the head norm.
+_NEW_ATTENTION = re.compile(r"\.branch2\.lora_|\.diff_lambda\.|\.diff_norm\.")
+
+
+def new_attention_names(model: torch.nn.Module) -> list[str]:
+    """Names of the trainable parameters of the variant's new attention parts (what attention transfer trains)."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and _NEW_ATTENTION.search(n)]
+
+
 def frozen_variant_names(model: torch.nn.Module) -> list[str]:
     """Names of the frozen parameters that variants created (not in the base checkpoint, not in LoRA)."""
     return [n for n, p in model.named_parameters() if not p.requires_grad and _FROZEN_COPY.search(n)]

@@ -27,7 +27,7 @@ from .evals.base import EvalOutcome, write_items
 from .evals.tasks import task_runner
 from .evals.vqa import PREDICTION_COLUMNS, prediction_rows, score_summary
 from .jsonio import write_json_atomic
-from .lambda_callback import LambdaHistory
+from .lambda_callback import LambdaHistory, LambdaWarmup
 from .lightning_module import DiffPaliModule
 from .loggers import finish as finish_logger
 from .loggers import log_pictures, log_table, make_logger, saved_run_id
@@ -107,6 +107,7 @@ def prepare(cfg: TrainConfig, run_name: str) -> Run:
         log_predictions=cfg.logger.log_predictions,
         on_nonfinite=cfg.on_nonfinite,
         signature=signature,
+        transfer_steps=cfg.transfer_steps,
     )
     # A resumed run continues its W&B run (the id kept in the run directory); a fresh one starts its own.
     logger = make_logger(cfg.logger, out, run_name, cfg.logger.group or cfg.experiment_name, asdict(cfg),
@@ -122,8 +123,9 @@ def fit(run: Run) -> tuple[L.Trainer, float]:
     # One writer of last.ckpt (a second ModelCheckpoint would write last-v1.ckpt). Lightning takes one
     # trigger per callback: every N steps, or else every epoch. A resume replays at most N-1 steps.
     every = {"every_n_train_steps": cfg.ckpt_every_n_steps} if cfg.ckpt_every_n_steps else {}
+    warmup = getattr(cfg.attn, "lambda_warmup_steps", 0)  # a knob of the differential variants only
     callbacks: list[Any] = [ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, save_last=True, save_top_k=0, **every),
-                            RNGState(), LambdaHistory(out)]
+                            RNGState(), *([LambdaWarmup(warmup)] if warmup else []), LambdaHistory(out)]
     if cfg.trainer.enable_progress_bar:
         callbacks.append(ConsoleProgress())  # in place of Lightning's bar: see diffpali/console.py
     trainer = L.Trainer(

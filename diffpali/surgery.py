@@ -18,7 +18,8 @@ the config's KV heads, is not supported with such a branch.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -29,6 +30,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward as softcapped_eager_forward
 
 from .attention import VARIANTS, AttentionVariant, variant_for
+from .branches import DiffLambda, TokenLambda
 from .config import AttnSettings
 from .towers import TOWER_TABLE
 
@@ -68,7 +70,15 @@ def kernel_function(variant: type[AttentionVariant]) -> Callable:
                 return softcapped_eager_forward(module, q, k, v, mask, dropout=dropout, scaling=scale,
                                                 softcap=softcap)[0]
 
-        return variant.kernel(module, query, key, value, attention_mask, scaling, attend), None
+        out = variant.kernel(module, query, key, value, attention_mask, scaling, attend)
+        losses = getattr(module, "diffpali_transfer", None)
+        if losses is None:
+            return out, None
+        # attention transfer: score this layer against the pretrained one, and pass the pretrained output on,
+        # so every layer learns from the inputs the pretrained model gives it (not from its converted neighbours)
+        target = variant.teacher(module, query, key, value, attention_mask, scaling, attend).detach()
+        losses.append(relative_error(out, target))
+        return target, None
 
     attention.__name__ = f"{variant.name}_attention"
     return attention
@@ -132,6 +142,47 @@ def apply_attention(model: nn.Module, cfg: AttnSettings) -> list[str]:
             saved.update(module.diffpali_saved)
     model.set_attn_implementation({TOWER_TABLE[tower].config_key: implementation_name(variant) for tower in cfg.towers})
     return sorted(saved)
+
+
+def relative_error(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the target's mean square, in float32: layers of any scale weigh alike."""
+    output, target = output.float(), target.float()
+    return (output - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+
+
+@contextmanager
+def attention_transfer(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Within it, each converted layer outputs what the pretrained layer would and appends to the list it
+    yields the relative error (:func:`relative_error`) of its own output: the loss of attention transfer.
+
+    The variant's output depends on the pretrained one only through Q, K and V, which come from the
+    pretrained stream, so each layer's error has gradients for that layer's new parts alone.
+    """
+    layers = [m for m in model.modules() if getattr(m, "diffpali_variant", None) is not None]
+    if not layers:
+        raise ValueError("attention transfer needs a differential attention: this model has no converted layer")
+    losses: list[torch.Tensor] = []
+    for layer in layers:
+        layer.diffpali_transfer = losses
+    try:
+        yield losses
+    finally:
+        for layer in layers:
+            layer.diffpali_transfer = None
+
+
+def set_lambda_ramp(model: nn.Module, ramp: float) -> int:
+    """Set the warm-up ramp (0 to 1) of every lambda that has one (``attn.lambda_warmup_steps``); returns how many.
+
+    Every copy is set, peft's trained copy (``modules_to_save``) and the original it wraps alike.
+    """
+    count = 0
+    for module in model.modules():
+        buffer = module._buffers.get("ramp") if isinstance(module, (DiffLambda, TokenLambda)) else None
+        if buffer is not None:
+            buffer.fill_(ramp)
+            count += 1
+    return count
 
 
 def lambda_values(model: nn.Module) -> dict[str, float]:

@@ -136,12 +136,13 @@ def one_line_exit(capsys, *argv: str) -> str:
 
 @pytest.mark.parametrize("argv, message", [
     (["attn=diff_v2", "attn.head_norm=false"],
-     "attn.head_norm='false': attn=diff_v2 has no such knob; its knobs: towers, branch_noise, v2_lambda_init"),
+     "attn.head_norm='false': attn=diff_v2 has no such knob; its knobs: towers, branch_noise, v2_lambda_init, "
+     "lambda_warmup_steps"),
     (["lora.rank=abc"], "lora.rank='abc': must be int"),
     (["attn=nonexist"], "attn='nonexist': must be one of diff_dup, diff_split, diff_v2, vanilla"),
     (["-m", "attn=diff_dup,diff_split", "attn.dup_mode=shared"],  # every swept option is checked
      "attn.dup_mode='shared': attn=diff_split has no such knob; its knobs: towers, head_norm, lambda_schedule, "
-     "lambda_init, layer_index_base, lambda_std, lambda_pairs"),
+     "lambda_init, layer_index_base, lambda_std, lambda_pairs, lambda_warmup_steps"),
     (["lora.rnak=8"], "lora.rnak='8': no such key; LoraConfig has rank, alpha, dropout, towers, text_targets, "
      "vision_targets, train_projector"),
 ])
@@ -171,7 +172,7 @@ def test_an_old_flat_run_record_still_loads_as_its_variant():
             "lambda_pairs": "independent", "branch_noise": 0.01, "v2_lambda_init": "plain"}
     settings = settings_from_record(flat)
     assert asdict(settings) == {"variant": "diff_v2", "towers": ["text"], "branch_noise": 0.01,
-                                "v2_lambda_init": "plain"}
+                                "v2_lambda_init": "plain", "lambda_warmup_steps": 0}  # a later knob: its default
     assert describe({**flat, "variant": "diff_dup", "dup_mode": "shared"}).label == "yes (dup, shared)"
     assert describe({"variant": "diff_dup"}).tags == ("attn=diff_dup", "dup_mode=separate")
 
@@ -216,7 +217,7 @@ def test_a_plain_attn_dict_is_checked_like_a_composed_one():
     for attn, message in [({"variant": "diff_dup", "lambda_init": "abc"}, "attn.lambda_init='abc': must be float"),
                           ({"variant": "diff_v2", "lambda_std": 0.0},
                            "attn.lambda_std=0.0: attn=diff_v2 has no such knob; its knobs: towers, branch_noise, "
-                           "v2_lambda_init"),
+                           "v2_lambda_init, lambda_warmup_steps"),
                           ({"variant": "diff"}, "attn.variant='diff': must be one of diff_dup, diff_split, diff_v2, "
                            "vanilla")]:
         with pytest.raises(ConfigError) as info:

@@ -102,9 +102,13 @@ class LambdaSettings(AttnSettings):
     #: independent: four independent draws (the paper); tied: lq2 = lq1 and lk2 = lk1 at init, so
     #: lambda starts at exactly lambda_init yet has a gradient (std 0 would leave it stuck there)
     lambda_pairs: str = "independent"
+    #: steps over which lambda_init is ramped in from 0 (0: no warm-up). With lambda_pairs=tied and
+    #: head_norm=false the layer then starts as exactly the pretrained attention, lambda's learned part free
+    lambda_warmup_steps: int = 0
 
     def validate(self, key: str = "attn") -> None:
         super().validate(key)
+        check_warmup(f"{key}.lambda_warmup_steps", self.lambda_warmup_steps)
         choice(f"{key}.lambda_schedule", self.lambda_schedule, ("layer", "constant"))
         choice(f"{key}.layer_index_base", self.layer_index_base, (0, 1))
         choice(f"{key}.lambda_pairs", self.lambda_pairs, ("independent", "tied"))
@@ -112,6 +116,11 @@ class LambdaSettings(AttnSettings):
             fail(f"{key}.lambda_init", self.lambda_init, "must be in [0, 1)")
         if self.lambda_std < 0:
             fail(f"{key}.lambda_std", self.lambda_std, "must be >= 0")
+
+
+def check_warmup(key: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        fail(key, value, "must be a whole number of steps >= 0")
 
 
 def check_branch_noise(key: str, value: float) -> None:
@@ -163,11 +172,19 @@ class DiffV2Settings(AttnSettings):
     #: exact (lambda's per-head gate starts at 0: the pretrained model at init, with gradients) |
     #: plain (the authors' lambda projection: sigmoid(0) = 0.5 everywhere at init)
     v2_lambda_init: str = "exact"
+    #: steps over which the plain init's gate of 1 is ramped in from 0 (0: no warm-up); needs
+    #: v2_lambda_init=plain. lambda = sigmoid(x W + b) (g + ramp), g learned from 0: the pretrained layer at step 0
+    lambda_warmup_steps: int = 0
     labels: ClassVar[dict[str, str]] = {"diff_v2": "yes (V2)"}
 
     def validate(self, key: str = "attn") -> None:
         super().validate(key)
         choice(f"{key}.v2_lambda_init", self.v2_lambda_init, ("exact", "plain"))
+        check_warmup(f"{key}.lambda_warmup_steps", self.lambda_warmup_steps)
+        if self.lambda_warmup_steps and self.v2_lambda_init == "exact":
+            fail(f"{key}.lambda_warmup_steps", self.lambda_warmup_steps,
+                 "needs attn.v2_lambda_init=plain: the exact init's lambda has no target to ramp to (its gate starts "
+                 "at 0 and is learned)")
         check_branch_noise(f"{key}.branch_noise", self.branch_noise)
 
 

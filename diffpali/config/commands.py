@@ -38,6 +38,10 @@ class TrainConfig:
     #: recorded in the run's job.json, where ``python -m diffpali.report`` reads it. None: not a Table 1 run.
     table_row: Optional[int] = None
     seed: Optional[int] = 0  #: every seed is applied, 0 included; null leaves RNGs unseeded
+    #: attention transfer: the first N optimiser steps train only the variant's new parts (second branch's LoRA,
+    #: lambda, head norm) to reproduce each pretrained layer's output on the training batches; the fine-tune
+    #: takes the steps that remain (they count toward the run's steps). 0: none
+    transfer_steps: int = 0
     output_dir: str = "."  #: set by Hydra to the run directory
     #: resume: a checkpoint file; "last": <output_dir>/checkpoints/last.ckpt, which must exist;
     #: "auto": that file when it exists, else a fresh start (for jobs that are requeued into the same
@@ -64,6 +68,18 @@ class TrainConfig:
     #: text tokens per example the plan assumes (BOS, prompt, answer, EOS; batches pad to their longest)
     plan_text_tokens: int = 32
 
+    def _validate_transfer(self) -> None:
+        if self.transfer_steps < 0:
+            fail("transfer_steps", self.transfer_steps, "must be >= 0 (0: no attention transfer)")
+        if not self.transfer_steps:
+            return
+        if self.attn.variant == "vanilla":
+            fail("transfer_steps", self.transfer_steps, "needs a differential attention (attn=diff_split, diff_dup or "
+                 "diff_v2): attn=vanilla has no new attention to train")
+        if self.model.activation_checkpointing:
+            fail("transfer_steps", self.transfer_steps, "cannot run with model.activation_checkpointing=true: the "
+                 "recomputed forward would not be the transfer's")
+
     def validate(self) -> None:
         for name, evaluation in self.evals.items():
             evaluation.validate(f"evals.{name}")
@@ -75,6 +91,7 @@ class TrainConfig:
                 value.validate(f.name)
         if self.seed is not None and self.seed < 0:
             fail("seed", self.seed, "must be >= 0 or null")
+        self._validate_transfer()
         if self.table_row is not None and self.table_row < 1:
             fail("table_row", self.table_row, "must be >= 1 or null")
         if self.ckpt_path not in (None, "last", "auto") and not Path(self.ckpt_path).expanduser().is_file():

@@ -9,6 +9,7 @@ over a probe batch beside the mean. A vanilla base records no lambda.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -52,7 +53,8 @@ def _depth(layer: str) -> tuple[str, int]:
 def layer_lambdas(jobs: list[Job]) -> list[LayerLambda]:
     """Every converted layer any of ``jobs`` recorded, towers and depths in order."""
     records = [r for r in (base_lambda(job) for job in jobs) if r]
-    layers = sorted({k for r in records for k in r["end"] if not k.endswith("/std")}, key=_depth)
+    # a layer's lambda ("text/layer0"), not its spread ("/std") or learned part ("/learned")
+    layers = sorted({k for r in records for k in r["end"] if re.fullmatch(r"\w+/layer\d+", k)}, key=_depth)
     out = []
     for layer in layers:
         pairs = [(r["start"].get(layer), r["end"].get(layer)) for r in records]

@@ -18,12 +18,17 @@ from transformers import GemmaConfig, GemmaTokenizer, PaliGemmaConfig, PaliGemma
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
 from ..attention import variant_for
-from ..config import TinySpec
+from ..config import AttnSettings, TinySpec
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"]
 BYTE_TOKENS = [f"<0x{i:02X}>" for i in range(256)]
 #: Bump when the build recipe changes in a way the spec does not capture.
 RECIPE_VERSION = 8
+
+
+#: Attention knobs added after differential bases were first built, with the value that leaves a build as
+#: it was: at that value a knob is left out of the key, so the keys (and caches) of those bases hold.
+ADDED_KNOBS = {"lambda_warmup_steps": 0}
 
 
 def _hashed(payload: dict) -> str:
@@ -34,12 +39,13 @@ def spec_key(spec: TinySpec) -> str:
     """Short stable hash of the spec and recipe version: the cache key of a built base.
 
     A vanilla spec hashes without its ``attn`` record, so the keys of bases built before the field
-    existed still hold; a differential one hashes its whole typed record, every default filled in.
+    existed still hold; a differential one hashes its whole typed record, every default filled in
+    (but those of ``ADDED_KNOBS``).
     """
     settings = spec.attention()
     fields = {k: v for k, v in asdict(spec).items() if k != "attn"}
     if variant_for(settings).differential:
-        fields["attn"] = asdict(settings)
+        fields["attn"] = keyed_attention(settings)
     return _hashed({"spec": fields, "recipe": RECIPE_VERSION})
 
 
@@ -51,8 +57,13 @@ def stage0_key(spec: TinySpec) -> str:
                "recipe": RECIPE_VERSION}
     settings = spec.attention()
     if variant_for(settings).differential and "vision" in settings.towers:
-        payload["attn"] = asdict(settings)
+        payload["attn"] = keyed_attention(settings)
     return _hashed(payload)
+
+
+def keyed_attention(settings: AttnSettings) -> dict:
+    """A differential base's attention settings as its keys hash them (see ``ADDED_KNOBS``)."""
+    return {k: v for k, v in asdict(settings).items() if ADDED_KNOBS.get(k, object()) != v}
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int) -> GemmaTokenizer:

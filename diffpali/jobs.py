@@ -107,6 +107,10 @@ def run_job(cfg: DictConfig, schema: type, job: Callable[[Any, str], dict[str, A
             sys.exit(2)
         record.failed(Path(hydra_cfg.runtime.output_dir), err, _plain(cfg))
         raise
+    arm_seeds = getattr(typed, "arm_seeds", None)
+    if arm_seeds is not None and typed.seed is not None and typed.seed > arm_seeds:
+        print(f"seed {typed.seed}: beyond this arm's {arm_seeds} seeds (arm_seeds): nothing to run, no record")
+        return {}
     if multirun and hasattr(typed, "logger") and typed.logger.group is None:
         typed.logger.group = sweep_group(getattr(typed, "experiment_name", "sweep"), hydra_cfg.sweep.dir)
     configure_console()  # once the config is valid: it imports Lightning, which a config error need not wait for

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,8 +23,6 @@ from .checkpointing import (
 from .config import EvaluateConfig, TrainConfig
 from .data.collate import record_image
 from .data.datamodule import VQADataModule
-from .evals.base import EvalOutcome, write_items
-from .evals.tasks import task_runner
 from .evals.vqa import PREDICTION_COLUMNS, prediction_rows, score_summary
 from .jsonio import write_json_atomic
 from .lambda_callback import LambdaHistory, LambdaWarmup
@@ -32,9 +30,10 @@ from .lightning_module import DiffPaliModule
 from .loggers import finish as finish_logger
 from .loggers import log_pictures, log_table, make_logger, saved_run_id
 from .model import base_record, build_model, load_adapter, load_base, save_adapter
-from .paths import ADAPTER_DIR, BASE_RECORD_FILE, CHECKPOINT_DIR, EVALS_DIR, ITEMS_FILE, METRICS_FILE, adapter_dir_of
+from .paths import ADAPTER_DIR, BASE_RECORD_FILE, CHECKPOINT_DIR, METRICS_FILE, adapter_dir_of
 from .progress import ConsoleProgress
 from .strategies import lightning_strategy, whole_model_state
+from .trained_evals import LearningCurve, evaluate_trained, run_task
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +125,8 @@ def fit(run: Run) -> tuple[L.Trainer, float]:
     warmup = getattr(cfg.attn, "lambda_warmup_steps", 0)  # a knob of the differential variants only
     callbacks: list[Any] = [ModelCheckpoint(dirpath=out / CHECKPOINT_DIR, save_last=True, save_top_k=0, **every),
                             RNGState(), *([LambdaWarmup(warmup)] if warmup else []), LambdaHistory(out)]
+    if cfg.curve.steps:
+        callbacks.append(LearningCurve(cfg, run.processor, out, run.logger))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(ConsoleProgress())  # in place of Lightning's bar: see diffpali/console.py
     trainer = L.Trainer(
@@ -193,44 +194,6 @@ def finish(run: Run, trainer: L.Trainer, fit_seconds: float) -> dict[str, Any]:
         else:
             print(f"run directory: {out}  ({contents})")
     return metrics
-
-
-def evaluate_trained(cfg: TrainConfig, model: Any, processor: Any, out: Path, logger: Any) -> dict[str, str]:
-    """``cfg.evals`` on the model just trained, each into ``<run>/evals/<name>/``, logged to the run's W&B
-    under ``<name>/``. Returns name -> its folder (relative to the run)."""
-    done: dict[str, str] = {}
-    device = str(next(model.parameters()).device)
-    for name, evaluation in cfg.evals.items():
-        if cfg.eval_limit is not None:
-            evaluation = replace(evaluation, limit=min(evaluation.limit or cfg.eval_limit, cfg.eval_limit),
-                                 attention_samples=min(evaluation.attention_samples, cfg.eval_limit))
-        folder = out / EVALS_DIR / name
-        eval_cfg = EvaluateConfig(ckpt=str(out), model=cfg.model, data=cfg.data, eval=evaluation, logger=cfg.logger,
-                                  seed=cfg.seed, output_dir=str(folder))
-        log.info("evaluation %s (%s) of the trained model", name, evaluation.task)
-        metrics, outcome = run_task(eval_cfg, model, processor, device, folder)
-        if logger is not None:
-            logger.log_metrics({f"{name}/{k}": v for k, v in metrics.items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            for key, table in outcome.tables.items():
-                log_table(logger, f"{name}/{key}", table.columns, table.rows)
-            log_pictures(logger, {f"{name}/{key}": path for key, path in outcome.pictures.items()})
-        done[name] = f"{EVALS_DIR}/{name}"
-    return done
-
-
-def run_task(cfg: EvaluateConfig, model: Any, processor: Any, device: str,
-             out: Path) -> tuple[dict[str, Any], EvalOutcome]:
-    """``cfg.eval.task`` on a loaded model: ``metrics.json`` and ``items.jsonl`` written into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    outcome = task_runner(cfg.eval.task)(cfg, model, processor, device, out)
-    metrics = {"ckpt": cfg.ckpt, "task": cfg.eval.task, "seed": cfg.seed, **outcome.metrics}
-    metrics["eval_seconds"] = round(time.time() - started, 1)
-    write_json_atomic(out / METRICS_FILE, metrics)
-    if outcome.items:
-        write_items(out / ITEMS_FILE, outcome.items)
-    return metrics, outcome
 
 
 def evaluate(cfg: EvaluateConfig, run_name: str = "evaluate") -> dict[str, Any]:

@@ -72,7 +72,7 @@ def test_a_point_is_drawn_once_and_read_back_identically(tmp_path):
 
 
 def test_the_task_scores_every_item_and_its_metrics_are_their_means(tiny_model, tiny_processor, tmp_path):
-    from diffpali.runner import run_task
+    from diffpali.trained_evals import run_task
 
     cfg = EvaluateConfig(ckpt="base", eval=EvalTaskConfig(task="distractors", samples=6, negative_fraction=0.5,
                                                           distractor_grids=[2], distractor_counts=[0, 1],

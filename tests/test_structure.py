@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model", ("diffpali.surgery", "diffpali.ffn", "diffpali.zoo", "diffpali.model", "diffpali.checkpointing",
                "diffpali.lambda_callback", "diffpali.loggers", "diffpali.lightning_module")),
     ("evals and report", ("diffpali.evals", "diffpali.report")),
-    ("runner and jobs", ("diffpali.runner", "diffpali.jobs", "diffpali.basecard")),
+    ("runner and jobs", ("diffpali.trained_evals", "diffpali.runner", "diffpali.jobs", "diffpali.basecard")),
     ("entry points", tuple(ENTRY_POINTS)),
 ]
 #: Beyond the layers: who must never import whom (prefixes).

@@ -20,6 +20,22 @@ from .rules import ConfigError, choice, fail, positive
 
 
 @dataclass
+class CurveConfig:
+    """Learning curves: some of ``evals`` scored during the fit at a few optimiser steps (budgets), each into
+    ``<run>/evals/<name>@<step>/``; the fit is the same with or without them (their draws of randomness are undone)."""
+
+    steps: list[int] = field(default_factory=list)  #: optimiser steps after which to score, ascending; empty: none
+    evals: list[str] = field(default_factory=list)  #: names in ``evals``; empty: all of them
+    limit: Optional[int] = None  #: score each on its first N samples only (a subset, so the curve costs less)
+
+    def validate(self, key: str = "curve") -> None:
+        if any(step <= 0 for step in self.steps) or self.steps != sorted(set(self.steps)):
+            fail(f"{key}.steps", self.steps, "must be optimiser steps > 0, ascending, each once")
+        if self.limit is not None and self.limit <= 0:
+            fail(f"{key}.limit", self.limit, "must be > 0 or null (every sample)")
+
+
+@dataclass
 class TrainConfig:
     """``python train.py``: LoRA fine-tuning, then scoring on the test split."""
 
@@ -55,6 +71,10 @@ class TrainConfig:
     #: keys), written to ``<run>/evals/<name>/`` and logged to the run's W&B under ``<name>/...``
     evals: dict[str, EvalTaskConfig] = field(default_factory=dict)
     eval_limit: Optional[int] = None  #: cap every one of ``evals`` at its first N samples (smoke runs); null: no cap
+    curve: CurveConfig = field(default_factory=CurveConfig)  #: some of ``evals`` during the fit too
+    #: a sweep arm with fewer seeds than the sweep: a job whose seed is above it runs nothing and leaves no
+    #: record (experiment=study's from-scratch arm takes 3 of its 5 seeds); null: every seed
+    arm_seeds: Optional[int] = None
     #: a job whose directory already holds a completed run of this very config returns its metrics without
     #: running again: a killed sweep started again continues where it stopped (partial runs: ckpt_path=auto)
     skip_if_done: bool = False
@@ -85,6 +105,13 @@ class TrainConfig:
             evaluation.validate(f"evals.{name}")
         if self.eval_limit is not None and self.eval_limit <= 0:
             fail("eval_limit", self.eval_limit, "must be > 0 or null (no cap)")
+        unknown = sorted(set(self.curve.evals) - set(self.evals))
+        if unknown:
+            fail("curve.evals", unknown, f"must name evaluations in evals: {', '.join(sorted(self.evals)) or 'none'}")
+        if self.curve.steps and not self.evals:
+            fail("curve.steps", self.curve.steps, "needs evals to score (e.g. experiment=study)")
+        if self.arm_seeds is not None and self.arm_seeds <= 0:
+            fail("arm_seeds", self.arm_seeds, "must be > 0 or null (every seed)")
         for f in fields(self):
             value = getattr(self, f.name)
             if is_dataclass(value) and hasattr(value, "validate"):

@@ -11,9 +11,10 @@ The study writes ``results.md``, ``study.csv`` and its figures; the scratch arm 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from .base_lambda import base_lambda_table
+from .curves import curve_points, curve_table
 from .format import md_table, write_csv
 from .runs import Job
 from .section import Report, Section
@@ -28,9 +29,10 @@ from .sweep_tables import (
     distractor_table,
     findings,
     headline_table,
+    lambda_moved,
     lambda_table,
 )
-from .sweeps import STUDY, Sweep, setting_of, settings_of
+from .sweeps import ARMS, STUDY, Arm, Sweep, by_arm, setting_of, settings_of
 from .table1 import PAPER_TABLE1
 from .table2 import PAPER_TABLE2
 
@@ -77,22 +79,52 @@ def paper_side_by_side(settings: dict[str, list[Job]]) -> str:
     return table + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def write_sweep(report: Report, sweep: Sweep) -> dict[str, Path]:
-    """The sweep's markdown, CSV and figures in ``report.out``; returns them by file name."""
-    settings = settings_of(report.jobs, sweep)
+def arm_block(settings: dict[str, list[Job]], sweep: Sweep, out: Path, arm: Optional[Arm],
+              titled: bool) -> tuple[list[str], list[dict], dict[str, Path]]:
+    """One arm's sections (every table against the arm's vanilla), its CSV rows and its figures. ``titled``:
+    the sections' titles name the arm (a study of several arms)."""
+    prefix = arm.prefix if arm is not None else ""
     headline, rows = headline_table(settings)
     distractors, more_rows = distractor_table(settings)
     slopes, slope_rows = slope_table(settings)
     lambdas, lambda_summary, lambda_rows = base_lambda_table(settings)
     rows += more_rows + slope_rows + lambda_rows
-    written = {sweep.csv: report.out / sweep.csv}
-    write_csv(written[sweep.csv], rows, CSV_FIELDS)
-    names = {f"{sweep.figure_prefix}distractors_exact.png": ("exact", distractor_figure),
-             f"{sweep.figure_prefix}distractors_attention.png": ("needle_of_image", distractor_figure)}
-    drawn = {name: draw(settings, metric, report.out / name) for name, (metric, draw) in names.items()}
-    drawn[f"{sweep.figure_prefix}lambda_trajectories.png"] = lambda_figure(
-        settings, report.out / f"{sweep.figure_prefix}lambda_trajectories.png")
+    for row in rows:
+        row["setting"] = prefix + row["setting"]
+    figure_prefix = sweep.figure_prefix + prefix
+    names = {f"{figure_prefix}distractors_exact.png": ("exact", distractor_figure),
+             f"{figure_prefix}distractors_attention.png": ("needle_of_image", distractor_figure)}
+    drawn = {name: draw(settings, metric, out / name) for name, (metric, draw) in names.items()}
+    trajectories = f"{figure_prefix}lambda_trajectories.png"
+    drawn[trajectories] = lambda_figure(settings, out / trajectories)
     figures = {name: path for name, path in drawn.items() if path is not None}
+    suffix = f" ({arm.title})" if titled and arm is not None else ""
+    text = [
+        f"## Every evaluation{suffix}", "", headline, "",
+        f"## Distractor scaling (drawn scenes, held out; MMNeedle's official prompt){suffix}", "", distractors, "",
+        f"## Distractor slopes (exact against k, least squares per seed){suffix}", "", slopes, "",
+        f"## Attention on the needle (MMNeedle haystacks, the answer rows){suffix}", "", attention_table(settings), "",
+    ]
+    if any(curve_points(j) for jobs in settings.values() for j in jobs):
+        text += [f"## Learning curve{suffix}", "", curve_table(settings), ""]
+    if lambda_rows or sweep != STUDY or (arm is not None and arm.name == "scratch"):
+        text += [f"## Lambda at the end of pretraining (base.json){suffix}", "", lambdas, ""]
+        text += [f"- {line}" for line in lambda_summary] + ([""] if lambda_summary else [])
+    text += [f"## Lambda after the fine-tune{suffix}", "", lambda_table(settings), ""]
+    text += [f"- {line}" for line in lambda_moved(settings)] + [""]
+    text += [f"![{name}]({name})" for name in figures] + ["", f"## Findings{suffix}", ""]
+    text += ["Each setting against the vanilla of its arm, over every figure above (a figure counts as different "
+             "when the 95% CI of the paired difference excludes 0):", ""]
+    text += [f"- {line}" for line in findings(rows)] or ["- no comparison with vanilla (no vanilla runs)"]
+    text += [f"- {line}" for line in slope_findings(slope_rows)] + [""]
+    return text, rows, figures
+
+
+def write_sweep(report: Report, sweep: Sweep) -> dict[str, Path]:
+    """The sweep's markdown, CSV and figures in ``report.out``; returns them by file name. A study's settings are
+    reported arm by arm (:data:`.sweeps.ARMS`), each against its own arm's vanilla."""
+    settings = settings_of(report.jobs, sweep)
+    arms: dict[Optional[Arm], dict[str, list[Job]]] = dict(by_arm(settings)) if sweep == STUDY else {None: settings}
     seeds = sorted({str(j.seed) for jobs in settings.values() for j in jobs})
     seconds = sum(float(j.metrics.get("total_seconds") or 0) for jobs in settings.values() for j in jobs)
     text = [
@@ -104,24 +136,21 @@ def write_sweep(report: Report, sweep: Sweep) -> dict[str, Path]:
         f"({REPLICATES:,} replicates), two-sided p. Replies out of format: the share of a location evaluation's "
         "replies that named no cell at all (counted wrong); the rest of the misses named a wrong cell.",
         "",
-        "## Every evaluation", "", headline, "",
-        "## Distractor scaling (drawn scenes, held out; MMNeedle's official prompt)", "", distractors, "",
-        "## Distractor slopes (exact against k, least squares per seed)", "", slopes, "",
-        "## Attention on the needle (MMNeedle haystacks, the answer rows)", "", attention_table(settings), "",
     ]
-    if lambda_rows or sweep != STUDY:
-        text += ["## Lambda at the end of pretraining (base.json)", "", lambdas, ""]
-        text += [f"- {line}" for line in lambda_summary] + ([""] if lambda_summary else [])
-    text += ["## Lambda after the fine-tune", "", lambda_table(settings), ""]
-    text += [f"![{name}]({name})" for name in figures] + ["", "## Findings", ""]
-    text += ["Each setting against vanilla, over every figure above (a figure counts as different when the 95% "
-             "CI of the paired difference excludes 0):", ""]
-    text += [f"- {line}" for line in findings(rows)] or ["- no comparison with vanilla (no vanilla runs)"]
-    text += [f"- {line}" for line in slope_findings(slope_rows)]
-    if sweep == STUDY:
-        text += ["", "## The paper, side by side", "", paper_side_by_side(settings), ""]
+    rows: list[dict] = []
+    figures: dict[str, Path] = {}
+    for arm, arm_settings in arms.items():
+        block, arm_rows, arm_figures = arm_block(arm_settings, sweep, report.out, arm, titled=len(arms) > 1)
+        text += block
+        rows += arm_rows
+        figures.update(arm_figures)
+    written = {sweep.csv: report.out / sweep.csv}
+    write_csv(written[sweep.csv], rows, CSV_FIELDS)
+    paper = arms.get(ARMS[0]) if sweep == STUDY else None
+    if paper:
+        text += ["## The paper, side by side", "", paper_side_by_side(paper), ""]
     written[sweep.markdown] = report.out / sweep.markdown
-    written[sweep.markdown].write_text("\n".join(text) + ("\n" if sweep != STUDY else ""))
+    written[sweep.markdown].write_text("\n".join(text).rstrip("\n") + "\n")
     written.update(figures)
     return written
 

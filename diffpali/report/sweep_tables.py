@@ -231,20 +231,49 @@ def final_lambdas(jobs: list[Job]) -> dict[str, list[float]]:
     return finals
 
 
+def run_lambda_changes(history: dict[str, list[tuple[int, float]]]) -> dict[str, float]:
+    """``{"text/layer0": last - first recorded lambda}`` of one run: how far its training moved lambda. Under a
+    warm-up the ramp moves lambda whatever is learnt, so there it is the learned part's move (``<layer>/learned``)."""
+    changes = {}
+    for key, points in history.items():
+        if key.count("/") == 1 and points:
+            moved = history.get(f"{key}/learned") or points
+            changes[key] = moved[-1][1] - moved[0][1]
+    return changes
+
+
 def lambda_changes(jobs: list[Job]) -> dict[str, list[float]]:
-    """``{"text/layer0": [last - first recorded lambda, one per run], ...}``: how far each run's fine-tune moved it."""
+    """``{"text/layer0": [:func:`run_lambda_changes`, one per run], ...}``."""
     changes: dict[str, list[float]] = {}
     for history in lambda_histories(jobs):
-        for key, points in history.items():
-            if key.count("/") == 1 and points:
-                changes.setdefault(key, []).append(points[-1][1] - points[0][1])
+        for key, change in run_lambda_changes(history).items():
+            changes.setdefault(key, []).append(change)
     return changes
+
+
+def lambda_moved(settings: dict[str, list[Job]]) -> list[str]:
+    """Per differential setting, in how many runs lambda moved at least ``MOVED`` from its start in some layer
+    (its learned part under a warm-up), and each run where it did not, with its largest move."""
+    lines = []
+    for name, jobs in settings.items():
+        runs = [(job, run_lambda_changes(history)) for job in jobs for history in lambda_histories([job])]
+        runs = [(job, changes) for job, changes in runs if changes]
+        if not runs:
+            continue
+        still = []
+        for job, changes in runs:
+            layer, change = max(changes.items(), key=lambda kv: abs(kv[1]))
+            if abs(change) < MOVED:
+                still.append(f"seed {job.seed} (largest move {change:+.3f}, {layer})")
+        line = f"{name}: lambda moved at least {MOVED} in some layer in {len(runs) - len(still)} of {len(runs)} runs"
+        lines.append(line + (f"; it did not in {', '.join(still)}" if still else "") + ".")
+    return lines
 
 
 def lambda_table(settings: dict[str, list[Job]]) -> str:
     """Each differential setting's lambda at the end of its fine-tune, per tower and layer (mean ± 95% CI over
     seeds; DIFF V2: the mean over the last batch's tokens), and in how many runs it moved at least ``MOVED``
-    from its first recorded value. Says how far training moved the retrofit."""
+    from its first recorded value (:func:`run_lambda_changes`). Says how far training moved the retrofit."""
     lines = []
     for name, jobs in settings.items():
         finals, changes = final_lambdas(jobs), lambda_changes(jobs)

@@ -66,3 +66,36 @@ def settings_of(jobs: list[Job], sweep: Sweep) -> dict[str, list[Job]]:
         if setting is not None and job.status == "completed" and job.evals:
             found.setdefault(setting, []).append(job)
     return dict(sorted(found.items(), key=lambda kv: (kv[0] != BASELINE, kv[0])))
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of ``experiment=study``: its settings are named ``<prefix><setting>``, and each is compared with
+    the arm's own ``<prefix>vanilla``."""
+
+    name: str  #: paper | fair | scratch
+    prefix: str  #: of its settings' names (the paper arm's have none)
+    title: str  #: what the arm is, for its sections' titles
+
+
+ARMS = (
+    Arm("paper", "", "retrofit as the paper does it"),
+    Arm("fair", "fair_", "fair retrofit"),
+    Arm("scratch", "scratch_", "from scratch"),
+)
+
+
+def arm_of(setting: str) -> Arm:
+    """The arm a study setting belongs to: the one whose prefix it has, else the paper's."""
+    return next((arm for arm in ARMS if arm.prefix and setting.startswith(arm.prefix)), ARMS[0])
+
+
+def by_arm(settings: dict[str, list[Job]]) -> dict[Arm, dict[str, list[Job]]]:
+    """The settings of each arm that has any, their names without the arm's prefix (so each arm's ``vanilla``
+    is its baseline), vanilla first, arms in :data:`ARMS` order."""
+    arms: dict[Arm, dict[str, list[Job]]] = {}
+    for name, jobs in settings.items():
+        arm = arm_of(name)
+        arms.setdefault(arm, {})[name.removeprefix(arm.prefix)] = jobs
+    return {arm: dict(sorted(arms[arm].items(), key=lambda kv: (kv[0] != BASELINE, kv[0])))
+            for arm in ARMS if arm in arms}

@@ -15,8 +15,8 @@ from typing import Any, Optional
 from .format import md_table
 from .runs import Job
 from .stats import Estimate
-from .sweep_tables import final_lambdas, findings, read_study_csv
-from .sweeps import STUDY, settings_of
+from .sweep_tables import final_lambdas, findings, lambda_moved, read_study_csv
+from .sweeps import ARMS, STUDY, Arm, arm_of, by_arm, settings_of
 
 START = "<!-- study findings: written by `python -m diffpali.report <study dir> --readme README.md`; do not edit -->"
 END = "<!-- end of study findings -->"
@@ -31,7 +31,8 @@ SUMMARY: tuple[tuple[str, str, str], ...] = (
 )
 #: a lambda that ends within this of zero everywhere left the layer what it was at init
 INERT_LAMBDA = 0.02
-FIGURES = ("distractors_exact.png", "distractors_attention.png", "lambda_trajectories.png")
+FIGURES = ("distractors_exact.png", "distractors_attention.png", "lambda_trajectories.png",
+           "fair_distractors_exact.png", "scratch_distractors_exact.png")
 
 
 def _summary_cell(row: dict[str, Any]) -> str:
@@ -76,32 +77,93 @@ def scope_notes(settings: dict[str, list[Job]]) -> list[str]:
     return notes
 
 
+#: each paper-arm retrofit and the fair arm's setting of the same variant (the forgetting question pairs them)
+FAIR_COUNTERPART = {"diff_split": "fair_diff_split_transfer", "diff_dup_separate": "fair_diff_dup",
+                    "diff_v2_plain": "fair_diff_v2"}
+QUESTIONS = {
+    "scratch": "Does pretraining with differential attention help a VLM under noise? (the scratch arm, each against "
+               "the base pretrained with vanilla attention from the same seed)",
+    "fair": "Does a fair retrofit keep the base's skills and gain anything? (the fair arm, each against vanilla with "
+            "the same rehearsal, steps and LoRA)",
+}
+
+
+def arm_rows(rows: list[dict[str, Any]], arm: Arm) -> list[dict[str, Any]]:
+    return [r for r in rows if arm_of(r["setting"]) == arm]
+
+
+def forgetting_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per variant and figure where the paper-arm retrofit is significantly below its vanilla: that gap beside the
+    fair retrofit's gap to its own vanilla on the same figure, and the share of it the fair recipe closed."""
+    by_key = {(r["setting"], r["evaluation"], r["key"]): r for r in rows if r.get("diff") is not None}
+    lines = []
+    for paper, fair in FAIR_COUNTERPART.items():
+        for (setting, evaluation, key), row in by_key.items():
+            other = by_key.get((fair, evaluation, key))
+            if setting != paper or other is None or row["diff_high"] >= 0:
+                continue
+            closed = 1 - other["diff"] / row["diff"] if row["diff"] else float("nan")
+            lines.append(f"{paper} vs {fair}, {row['metric']}: paper-style gap {row['diff']:+.3f} "
+                         f"[{row['diff_low']:+.3f}, {row['diff_high']:+.3f}], fair gap {other['diff']:+.3f} "
+                         f"[{other['diff_low']:+.3f}, {other['diff_high']:+.3f}]: {closed:.0%} of the gap closed.")
+    return lines
+
+
+def question_lines(rows: list[dict[str, Any]], settings: dict[str, list[Job]]) -> list[str]:
+    """The findings, question by question, for the arms that ran (the paper arm's alone when it is the only one)."""
+    arms = by_arm(settings)
+    parts: list[str] = []
+    paper = ARMS[0]
+    if set(arms) == {paper}:
+        return [f"- {line}" for line in findings(rows)]
+    for arm in arms:
+        if arm.name in QUESTIONS:
+            parts += [f"**{QUESTIONS[arm.name]}**", ""]
+            parts += [f"- {line}" for line in findings(arm_rows(rows, arm))]
+            parts += [f"- {line}" for line in lambda_moved(arms[arm])] + [""]
+    if paper in arms:
+        parts += ["**How much of the paper-style retrofit's loss was forgetting?** (each paper-arm retrofit's gap to "
+                  "its vanilla beside the fair retrofit's gap to its own, on the same figure)", ""]
+        parts += [f"- {line}" for line in findings(arm_rows(rows, paper))]
+        parts += [f"- {line}" for line in forgetting_lines(rows)] or ["- no figure to pair (run both arms)"]
+    return parts
+
+
 def findings_block(settings: dict[str, list[Job]], rows: list[dict[str, Any]], figures: dict[str, str],
                    source: str) -> str:
-    """The section's markdown: the command, a summary table, the findings, the scope, the figures."""
+    """The section's markdown: the command, a summary table and noise-scaling figure per arm, the findings
+    question by question, the scope, the other figures."""
     runs = sum(len(j) for j in settings.values())
     seeds = sorted({str(j.seed) for group in settings.values() for j in group}, key=lambda s: (len(s), s))
     minutes = sum(float(j.metrics.get("total_seconds") or 0) for group in settings.values() for j in group) / 60
+    arms = by_arm(settings)
+    tables: list[str] = []
+    for arm in arms:
+        if len(arms) > 1:
+            tables += [f"**The {arm.title} arm.**", ""]
+        tables += [summary_table(arm_rows(rows, arm)), ""]
+        exact = figures.get(f"{arm.prefix}distractors_exact.png")
+        tables += [f"![{arm.prefix}distractors_exact]({exact})", ""] if exact and len(arms) > 1 else []
+    shown = {f"{arm.prefix}distractors_exact.png" for arm in arms} if len(arms) > 1 else set()
     parts = [
         START,
         f"{runs} runs ({len(settings)} settings x seeds {', '.join(seeds)}; {minutes:.0f} min of jobs on the machine "
         f"that ran them), from `python train.py -m experiment=study` and `python -m diffpali.report {source}`. "
-        "Each cell: mean ± 95% CI over seeds; ▼/▲: below/above vanilla by a paired bootstrap over the same seeds and "
-        "items (the 95% CI of the difference excludes 0); (x out of format): the share of that evaluation's replies "
-        "that named no cell at all, counted wrong. Every figure, its n, the differences and their p-values: "
-        "the study's `results.md`.",
+        "Each cell: mean ± 95% CI over seeds; ▼/▲: below/above the vanilla of the same arm by a paired bootstrap "
+        "over the same seeds and items (the 95% CI of the difference excludes 0); (x out of format): the share of "
+        "that evaluation's replies that named no cell at all, counted wrong. Every figure, its n, the differences "
+        "and their p-values: the study's `results.md`.",
         "",
-        summary_table(rows),
-        "",
+        *tables,
         "What they show:",
         "",
-        *(f"- {line}" for line in findings(rows)),
+        *question_lines(rows, settings),
         "",
         "What they do not show:",
         "",
         *(f"- {line}" for line in scope_notes(settings)),
         "",
-        *(f"![{Path(rel).stem}]({rel})" for rel in figures.values()),
+        *(f"![{Path(rel).stem}]({rel})" for name, rel in figures.items() if name not in shown),
         END,
     ]
     return "\n".join(parts)

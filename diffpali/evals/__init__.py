@@ -6,6 +6,7 @@
 - :mod:`.mmneedle`: MMNeedle haystacks, reply parsing, scoring, heatmap;
 - :mod:`.pope`: POPE probes, yes/no parsing, the five metrics;
 - :mod:`.attention`: where the answer tokens look on MMNeedle's haystacks (recorder, shares, plots);
+- :mod:`.retrofit`: how far each attention setting starts from the pretrained model (no task: a benchmark's);
 - :mod:`.tasks`: the table ``eval.task`` -> task function that ``evaluate.py``'s runner reads.
 
 A new evaluation is a module (or sub-package) with a task function, one entry in :data:`.tasks.TASKS`,

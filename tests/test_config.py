@@ -198,7 +198,7 @@ check_command_line(Path({CONF!r}), "train", ["attn=diff_v2", "ffn=swiglu"])
 with initialize_config_dir(config_dir={CONF!r}, version_base="1.3"):
     for attn in ("vanilla", "diff_split", "diff_dup", "diff_v2"):
         to_typed(compose("train", overrides=["output_dir=.", f"attn={{attn}}", "experiment=study",
-                                             "+experiment/study=diff_v2", "scale=cpu_smoke"]), TrainConfig)
+                                             "+experiment/study=vanilla", "scale=cpu_smoke"]), TrainConfig)
     to_typed(compose("evaluate", overrides=["output_dir=.", "eval=attention"]), EvaluateConfig)
 assert main(["{tmp_path / 'sweep'}", "--out", "{tmp_path / 'report'}"]) == 0
 print("torch" in sys.modules)

@@ -34,6 +34,7 @@ from .paths import ADAPTER_DIR, BASE_RECORD_FILE, CHECKPOINT_DIR, METRICS_FILE, 
 from .progress import ConsoleProgress
 from .strategies import lightning_strategy, whole_model_state
 from .trained_evals import LearningCurve, evaluate_trained, run_task
+from .zoo.rehearsal import RehearsalExamples
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,10 @@ def prepare(cfg: TrainConfig, run_name: str) -> Run:
 
     datamodule = VQADataModule(cfg.data, processor=None, seed=cfg.seed)
     datamodule.setup("fit")  # loads and checks every record: a bad one stops the run before the model loads
+    if cfg.data.rehearsal:  # validation and test stay the dataset's own
+        mixed = RehearsalExamples(datamodule.datasets["train"], cfg.model.tiny, cfg.data.rehearsal)
+        datamodule.datasets["train"] = mixed
+        log.info("rehearsal: %d of %d training examples replay the base's stage 1", mixed.replayed, len(mixed))
     skipped = {split: len(messages) for split, messages in datamodule.skipped.items() if messages}
     log.info("data: %s, %s records checked in %.1f s%s", cfg.data.name,
              ", ".join(f"{split} {len(ds)}" for split, ds in datamodule.datasets.items()), time.time() - started,

@@ -43,10 +43,10 @@ from .groups import (
     TrainerConfig,
 )
 from .rules import TOWERS, ConfigError, check_towers
-from .specs import STAGE1_TASKS, Stage0Spec, Stage1Spec, TextSpec, TinySpec, VisionSpec
+from .specs import STAGE1_TASKS, STAGE1_VAL_FRACTION, Stage0Spec, Stage1Spec, TextSpec, TinySpec, VisionSpec
 
 __all__ = [
-    "ATTN_SETTINGS", "EVAL_TASKS", "FFN_VARIANTS", "STAGE1_TASKS", "TOWERS",
+    "ATTN_SETTINGS", "EVAL_TASKS", "FFN_VARIANTS", "STAGE1_TASKS", "STAGE1_VAL_FRACTION", "TOWERS",
     "AttnSettings", "ConfigError", "DataConfig", "DiffDupSettings", "DiffSplitSettings", "DiffV2Settings",
     "EvalTaskConfig", "EvaluateConfig", "FfnConfig", "LambdaSettings", "LoggerConfig", "LoraConfig", "ModelConfig",
     "OptimConfig", "Stage0Spec", "Stage1Spec", "TextSpec", "TinySpec", "TrainConfig", "TrainerConfig",

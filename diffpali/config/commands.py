@@ -17,6 +17,7 @@ from .attn import ATTN_SETTINGS, SCHEMA_SUFFIX, AttnSettings, attn_settings
 from .bases import resolve_base_attention
 from .errors import one_line
 from .rules import ConfigError, choice, fail, positive
+from .specs import STAGE1_VAL_FRACTION
 
 
 @dataclass
@@ -100,6 +101,23 @@ class TrainConfig:
             fail("transfer_steps", self.transfer_steps, "cannot run with model.activation_checkpointing=true: the "
                  "recomputed forward would not be the transfer's")
 
+    def _validate_rehearsal(self) -> None:
+        share, model = self.data.rehearsal, self.model
+        if not share:
+            return
+        if model.source != "zoo" or model.name_or_path:
+            fail("data.rehearsal", share, "replays the stage-1 stream the embedded base (model.tiny) was built from: "
+                 f"needs model.source=zoo and no model.name_or_path (here source={model.source!r}, "
+                 f"name_or_path={model.name_or_path!r}); use data.rehearsal=0")
+        if self.data.name != "easy_vqa":
+            fail("data.rehearsal", share, f"mixes easy-vqa with the base's stage 1: needs data.name=easy_vqa, "
+                 f"not {self.data.name!r}")
+        if model.tiny.stage1.steps == 0:
+            fail("data.rehearsal", share, "model.tiny.stage1.steps=0: the base has no stage-1 examples to replay")
+        if self.data.val_fraction > STAGE1_VAL_FRACTION:
+            fail("data.val_fraction", self.data.val_fraction, f"must be <= {STAGE1_VAL_FRACTION} with data.rehearsal "
+                 "> 0: stage 1 trained on every other easy-vqa train image, so rehearsal could show validation images")
+
     def validate(self) -> None:
         for name, evaluation in self.evals.items():
             evaluation.validate(f"evals.{name}")
@@ -119,6 +137,7 @@ class TrainConfig:
         if self.seed is not None and self.seed < 0:
             fail("seed", self.seed, "must be >= 0 or null")
         self._validate_transfer()
+        self._validate_rehearsal()
         if self.table_row is not None and self.table_row < 1:
             fail("table_row", self.table_row, "must be >= 1 or null")
         if self.ckpt_path not in (None, "last", "auto") and not Path(self.ckpt_path).expanduser().is_file():

@@ -116,6 +116,10 @@ class DataConfig:
     #: before training, open every distinct image file and check it (PNG checksums, truncation) so a
     #: bad image fails before training rather than hours in. false: only at use
     check_images: bool = True
+    #: share of training examples that replay the tiny base's own stage-1 examples (where, needle, detect, count,
+    #: caption, exist, vqa_drawn, vqa: the stream its build trained on), the rest the training split; in [0, 1),
+    #: 0: off. Keeps the skills easy-vqa never asks about (diffpali/zoo/rehearsal.py); the embedded base only
+    rehearsal: float = 0.0
 
     def validate(self, key: str = "data") -> None:
         choice(f"{key}.name", self.name, ("easy_vqa", "vqav2"))
@@ -130,6 +134,9 @@ class DataConfig:
                  "use val_split=minival (a held-out slice of train)")
         if not 0.0 < self.val_fraction < 1.0:
             fail(f"{key}.val_fraction", self.val_fraction, "must be in (0, 1)")
+        if not 0.0 <= self.rehearsal < 1.0:
+            fail(f"{key}.rehearsal", self.rehearsal, "must be in [0, 1): the share of training examples replayed from "
+                 "the base's stage-1 stream (0: off)")
         for name in ("batch_size", "eval_batch_size", "max_new_tokens"):
             positive(f"{key}.{name}", getattr(self, name))
         for name in ("train_limit", "val_limit", "test_limit"):

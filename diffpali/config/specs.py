@@ -45,6 +45,9 @@ class Stage0Spec:
 
 #: The tasks of stage 1's mixture (zoo/mixture.py).
 STAGE1_TASKS = ("vqa", "vqa_drawn", "caption", "exist", "count", "where", "needle", "detect")
+#: Share of easy-vqa TRAIN images stage 1's ``vqa`` task holds out (the first of ``easy_vqa``'s fixed permutation):
+#: a fine-tune whose ``data.val_fraction`` is at most this validates only on images the base never saw.
+STAGE1_VAL_FRACTION = 0.1
 
 
 def _stage1_opening() -> dict[str, float]:

@@ -109,13 +109,15 @@ class VQADataModule(L.LightningDataModule):
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
         return {"epoch": trainer.current_epoch, "batches_done": done, "seed": self.seed,
                 "train_size": len(self.datasets["train"]), "world_size": trainer.world_size,
-                "batch_size": self.cfg.batch_size}
+                "batch_size": self.cfg.batch_size, "rehearsal": self.cfg.rehearsal}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
             return
-        now = {"seed": self.seed, "train_size": len(self.datasets.get("train", ())), "batch_size": self.cfg.batch_size}
-        differences = [f"{k}: checkpoint {state[k]}, this run {v}" for k, v in now.items() if state.get(k) != v]
+        now = {"seed": self.seed, "train_size": len(self.datasets.get("train", ())), "batch_size": self.cfg.batch_size,
+               "rehearsal": self.cfg.rehearsal}
+        state = {"rehearsal": 0.0, **state}  # written before data.rehearsal existed: none
+        differences = [f"{k}: checkpoint {state.get(k)}, this run {v}" for k, v in now.items() if state.get(k) != v]
         if differences:
             raise ValueError("the checkpoint's data order cannot be continued (" + "; ".join(differences)
                              + "): resume with the same seed and data settings")

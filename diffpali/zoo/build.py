@@ -30,7 +30,7 @@ from ..attention import variant_for
 from ..config import ATTN_SETTINGS, AttnSettings, ConfigError, TinySpec, attn_settings
 from ..config.rules import choice
 from ..jsonio import write_json_atomic
-from .mixture import FORMATS, Stage1Mixture
+from .mixture import FORMATS, stage1_mixture
 from .pipeline import Stage, default_workers, run_stages
 from .probes import lambda_after_forward, lambda_probe_batch, stage1_probe, validation_singles
 from .scratch import convert_from_scratch
@@ -99,8 +99,7 @@ def build_stages(spec: TinySpec, processor: Any, model: PaliGemmaForConditionalG
                "lr_scale": 1.0}]
     if tune_tower:
         groups.append({"params": list(tower.parameters()), "lr_scale": spec.stage1.vision_lr_scale})
-    mixture = Stage1Mixture(spec.stage1.weights, spec.seed, spec.stage1.steps, spec.vision.image_size, per_side,
-                            opening=spec.stage1.opening, opening_steps=spec.stage1.opening_steps)
+    mixture = stage1_mixture(spec)
 
     def loss1(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         return stage1_loss(model, match_head, batch, match_layer=spec.stage1.match_layer, image_tokens=image_tokens,
@@ -130,9 +129,7 @@ def build_base(spec: TinySpec, out_dir: Path, device: str = "cpu", work_dir: Pat
     work_dir.mkdir(parents=True, exist_ok=True)
     workers = default_workers(device) if workers is None else workers
     started = time.time()
-    per_side = spec.vision.image_size // spec.vision.patch_size
-    corpus = Stage1Mixture(spec.stage1.weights, spec.seed, spec.stage1.steps, spec.vision.image_size, per_side,
-                           opening=spec.stage1.opening, opening_steps=spec.stage1.opening_steps).corpus()
+    corpus = stage1_mixture(spec).corpus()
     processor = build_processor(train_tokenizer(corpus, spec.text.vocab_size), spec)
     model, heads, match_head, settings = init_modules(spec, processor, device)
     differential = variant_for(settings).differential

@@ -31,7 +31,7 @@ from typing import Any
 
 from PIL import Image
 
-from ..config import STAGE1_TASKS
+from ..config import STAGE1_TASKS, STAGE1_VAL_FRACTION, TinySpec
 from ..data import easy_vqa
 from ..data.grids import LEFT_RIGHT_PROMPT, NEEDLE_PROMPT, TOP_BOTTOM_PROMPT, needle_answer
 from ..scenes import COLORS, SHAPES, draw_scene, sample_objects
@@ -109,7 +109,8 @@ class Stage1Mixture:
     """
 
     def __init__(self, weights: dict[str, float], seed: int, steps: int, image_size: int, tokens_per_side: int,
-                 val_fraction: float = 0.1, opening: dict[str, float] | None = None, opening_steps: int = 0):
+                 val_fraction: float = STAGE1_VAL_FRACTION, opening: dict[str, float] | None = None,
+                 opening_steps: int = 0):
         unknown = (set(weights) | set(opening or {})) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown stage-1 tasks {sorted(unknown)}: allowed {', '.join(TASKS)}")
@@ -323,3 +324,10 @@ class Stage1Mixture:
         texts += [needle_answer(m, r, c) for m in (1, 2) for r in range(1, 5) for c in range(1, 5)] * 20
         texts += [str(n) for n in range(17)] * 50
         return texts
+
+
+def stage1_mixture(spec: TinySpec) -> Stage1Mixture:
+    """The stage-1 stream the build of ``spec`` trains on (and rehearsal replays)."""
+    per_side = spec.vision.image_size // spec.vision.patch_size
+    return Stage1Mixture(spec.stage1.weights, spec.seed, spec.stage1.steps, spec.vision.image_size, per_side,
+                         opening=spec.stage1.opening, opening_steps=spec.stage1.opening_steps)

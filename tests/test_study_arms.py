@@ -108,7 +108,7 @@ def test_the_study_composes_every_arm():
     arms = {name: composed("experiment=study", f"+experiment/study={name}") for name in settings}
     assert {n for n, c in arms.items() if c.arm_seeds == 3} == {n for n in settings if n.startswith("scratch_")}
     fair = {n: c for n, c in arms.items() if n.startswith("fair_")}
-    assert all(c.trainer.max_steps == 600 and c.curve.steps == [150, 300, 600] and c.data.rehearsal > 0
+    assert all(c.trainer.max_steps == 300 and c.curve.steps == [75, 150, 300] and c.data.rehearsal > 0
                for c in fair.values())
     assert all(c.attn.lambda_warmup_steps > 0 and not getattr(c.attn, "head_norm", False)
                for n, c in fair.items() if "vanilla" not in n)

@@ -115,3 +115,10 @@ def test_the_study_composes_every_arm():
     assert {n for n, c in fair.items() if c.transfer_steps} == {n for n in fair if n.endswith("_transfer")}
     paper = {n: c for n, c in arms.items() if not n.startswith(("fair_", "scratch_"))}
     assert all(c.trainer.max_steps == -1 and not c.curve.steps and c.data.train_limit == 4800 for c in paper.values())
+
+
+def test_a_smoke_study_runs_two_seeds_of_every_arm():
+    smoke = {name: composed("experiment=study", f"+experiment/study={name}", "scale=cpu_smoke")
+             for name in ("vanilla", "fair_diff_dup", "scratch_diff_split")}
+    assert all(cfg.arm_seeds == 2 for cfg in smoke.values())
+    assert composed("experiment=study", "+experiment/study=vanilla").arm_seeds is None

@@ -65,3 +65,13 @@ def test_findings_count_each_settings_figures_and_name_its_largest_gap():
     assert "largest gap: VQA, -0.100 [-0.150, -0.050], p<0.0005" in split
     assert v2.startswith("diff_v2: below vanilla on 0 of 1 figures, above on 1") and "p=0.010" in v2
     assert format_p(0.0004, 2000) == "p<0.0005" and format_p(0.25, 2000) == "p=0.250"
+
+
+def test_a_gap_made_of_replies_out_of_format_says_so():
+    rows = [{"setting": "diff_dup_separate", "metric": "MMNeedle 2x2 exact", "diff": -0.94, "diff_low": -0.97,
+             "diff_high": -0.92, "p_value": 0.0, "invalid": 1.0},
+            {"setting": "diff_split", "metric": "MMNeedle 2x2 exact", "diff": -0.5, "diff_low": -0.6,
+             "diff_high": -0.4, "p_value": 0.0, "invalid": 0.0}]
+    dup, split = findings(rows)
+    assert "where 1.00 of its replies were out of format (they named no cell" in dup
+    assert "out of format" not in split  # its misses named wrong cells

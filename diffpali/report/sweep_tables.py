@@ -175,6 +175,9 @@ def findings(csv_rows: list[dict[str, Any]]) -> list[str]:
             gap = max(lower + higher, key=lambda r: abs(r["diff"]))
             line += (f"; largest gap: {gap['metric']}, {gap['diff']:+.3f} [{gap['diff_low']:+.3f}, "
                      f"{gap['diff_high']:+.3f}], {format_p(gap['p_value'], REPLICATES)}")
+            if gap.get("invalid") is not None and gap["invalid"] >= 0.005:  # out of format is not a wrong cell
+                line += (f", where {gap['invalid']:.2f} of its replies were out of format (they named no cell; "
+                         f"the other misses named a wrong one)")
         out.append(line + ".")
     return out
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .base_lambda import base_lambda_table
+from .curve_bands import MAX_HALF_WIDTH, band_table
 from .format import md_table, write_csv
 from .runs import Job
 from .section import Report, Section
@@ -83,6 +84,7 @@ def write_sweep(report: Report, sweep: Sweep) -> dict[str, Path]:
     headline, rows = headline_table(settings)
     distractors, more_rows = distractor_table(settings)
     slopes, slope_rows = slope_table(settings)
+    bands, band_notes = band_table(settings)
     lambdas, lambda_summary, lambda_rows = base_lambda_table(settings)
     rows += more_rows + slope_rows + lambda_rows
     written = {sweep.csv: report.out / sweep.csv}
@@ -106,6 +108,11 @@ def write_sweep(report: Report, sweep: Sweep) -> dict[str, Path]:
         "",
         "## Every evaluation", "", headline, "",
         "## Distractor scaling (drawn scenes, held out; MMNeedle's official prompt)", "", distractors, "",
+        "## Distractor curve points: 95% half-widths", "",
+        "Exact location at every plotted point (M = 1): mean over seeds ± the half-width of its 95% Wilson interval "
+        "over N scenes, the positives of every distinct scene set pooled (each seed draws its own); conditional on "
+        f"the trained runs. ⚠: wider than ±{MAX_HALF_WIDTH}, too wide to show a trend.", "", bands, "",
+        *[f"- {line}" for line in band_notes], *([""] if band_notes else []),
         "## Distractor slopes (exact against k, least squares per seed)", "", slopes, "",
         "## Attention on the needle (MMNeedle haystacks, the answer rows)", "", attention_table(settings), "",
     ]

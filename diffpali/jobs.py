@@ -69,15 +69,6 @@ def path_safe(text: str, limit: int = 160) -> str:
 OmegaConf.register_new_resolver("path_safe", path_safe, replace=True)
 
 
-def smoke_or(scale_name: str, at_smoke: Any, otherwise: Any) -> Any:
-    """``${smoke_or:${scale_name},8,1000}``: a value an experiment takes at ``scale=cpu_smoke``, and at every
-    other scale (experiment=scratch's base recipe: a few build steps in a smoke run, the real recipe otherwise)."""
-    return at_smoke if scale_name == "cpu_smoke" else otherwise
-
-
-OmegaConf.register_new_resolver("smoke_or", smoke_or, replace=True)
-
-
 def run_name() -> str:
     """The job's overrides (``attn=diff_dup,lora.rank=32``), or ``default`` when there are none."""
     overrides = HydraConfig.get().job.override_dirname

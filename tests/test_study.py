@@ -45,6 +45,9 @@ def test_every_job_trains_and_runs_every_evaluation(sweep):
         assert set(json.loads((job / "metrics.json").read_text())["evals"]) == EVALS
         for name in EVALS - {"attention"}:
             assert (job / "evals" / name / "items.jsonl").stat().st_size > 0, name
+        # each seed scores its own distractor scenes, drawn from the run's seed (the curve points pool them)
+        distractors = json.loads((job / "evals" / "distractors" / "metrics.json").read_text())
+        assert distractors["distractors/setting"]["seed"] == distractors["seed"]
 
 
 def test_a_study_started_again_keeps_its_finished_jobs(sweep):
@@ -72,6 +75,9 @@ def test_the_report_gives_intervals_and_paired_comparisons_with_vanilla(sweep):
     sections = {part.split("\n", 1)[0]: part for part in results.split("\n## ")}
     attention = sections["Attention on the needle (MMNeedle haystacks, the answer rows)"]
     assert "| vanilla | 0 |" in attention and "| diff_split | 0 |" in attention  # every setting, every text layer
+    points = sections["Distractor curve points: 95% half-widths"]
+    assert "| N2/M1/hard/k1 |" in points and " (N=" in points and "⚠" in points  # eval_limit=4: far too wide
+    assert "- vanilla: 21 of 21 points wider than ±0.08" in points
     lambdas = sections["Lambda after the fine-tune"]
     assert "| diff_split |" in lambdas and "vanilla" not in lambdas  # vanilla has no lambda
     assert "- diff_split: below vanilla on " in sections["Findings"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -295,6 +295,17 @@ class EvaluateConfig:
         groups.check_local_model(self.model)
         if self.ckpt != "base" and not Path(self.ckpt).expanduser().exists():
             fail("ckpt", self.ckpt, 'must be a run directory, an adapter directory, or "base"')
+
+
+def smoke_or(scale_name: str, at_smoke: Any, otherwise: Any) -> Any:
+    """``${smoke_or:${scale_name},8,1000}``: a value an experiment takes at ``scale=cpu_smoke``, and at every
+    other scale (experiment=scratch's base recipe, the study's distractor sets: tiny in a smoke run)."""
+    return at_smoke if scale_name == "cpu_smoke" else otherwise
+
+
+# Registered with the schemas, at import: whatever composes an experiment (train.py, the config checks, tests)
+# can resolve it.
+OmegaConf.register_new_resolver("smoke_or", smoke_or, replace=True)
 
 
 def register_configs() -> None:

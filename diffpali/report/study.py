@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .base_lambda import base_lambda_table
+from .curve_bands import MAX_HALF_WIDTH, band_table
 from .curves import curve_points, curve_table
 from .format import md_table, write_csv
 from .runs import Job
@@ -87,6 +88,7 @@ def arm_block(settings: dict[str, list[Job]], sweep: Sweep, out: Path, arm: Opti
     headline, rows = headline_table(settings)
     distractors, more_rows = distractor_table(settings)
     slopes, slope_rows = slope_table(settings)
+    bands, band_notes = band_table(settings)
     lambdas, lambda_summary, lambda_rows = base_lambda_table(settings)
     rows += more_rows + slope_rows + lambda_rows
     for row in rows:
@@ -102,6 +104,11 @@ def arm_block(settings: dict[str, list[Job]], sweep: Sweep, out: Path, arm: Opti
     text = [
         f"## Every evaluation{suffix}", "", headline, "",
         f"## Distractor scaling (drawn scenes, held out; MMNeedle's official prompt){suffix}", "", distractors, "",
+        f"## Distractor curve points: 95% half-widths{suffix}", "",
+        "Exact location at every plotted point (M = 1): mean over seeds ± the half-width of its 95% Wilson interval "
+        "over N scenes, the positives of every distinct scene set pooled (each seed draws its own); conditional on "
+        f"the trained runs. ⚠: wider than ±{MAX_HALF_WIDTH}, too wide to show a trend.", "", bands, "",
+        *[f"- {line}" for line in band_notes], *([""] if band_notes else []),
         f"## Distractor slopes (exact against k, least squares per seed){suffix}", "", slopes, "",
         f"## Attention on the needle (MMNeedle haystacks, the answer rows){suffix}", "", attention_table(settings), "",
     ]

@@ -1,9 +1,11 @@
 """A sweep's figures: accuracy and the target's attention share against distractors as small multiples
-(one panel per setting and grid, vanilla in every panel as a grey reference; 95% bands over seeds), and
+(one panel per setting and grid, vanilla in every panel as a grey reference; 95% bands: exact location over
+the pooled scenes (:mod:`.curve_bands`), the attention share over seeds), and
 every setting's lambda per layer over training (mean over seeds)."""
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,6 +13,7 @@ from ..config import describe
 from ..evals.base import pyplot, save_figure
 from ..evals.distractors.plots import series_of
 from ..lambda_history import read_history
+from .curve_bands import curve_bands
 from .runs import Job
 from .slopes import slope_estimates
 from .stats import Estimate, mean_ci
@@ -36,7 +39,12 @@ def setting_label(job: Job) -> str:
 
 
 def setting_bands(jobs: list[Job], metric: str) -> Bands:
-    """One setting's ``metric`` per (N, M=1, kind) and k: mean and 95% CI over its seeds."""
+    """One setting's ``metric`` per (N, M=1, kind) and k: the mean over its seeds with, for exact location (a
+    proportion of scenes), the 95% Wilson interval over the pooled scenes (:mod:`.curve_bands`), and for the
+    attention share the Student-t 95% CI over seeds."""
+    if metric == "exact":
+        return {curve: {k: (b.mean, b.low, b.high) for k, b in line.items()}
+                for curve, line in curve_bands(jobs, metric).items()}
     per_seed = [series_of(j.evals.get("distractors", {}), metric) for j in jobs]
     lines: Bands = {}
     for key in sorted({key for series in per_seed for key in series}):
@@ -83,8 +91,8 @@ def distractor_figure(settings: dict[str, list[Job]], metric: str, path: Path) -
     columns = sorted({(grid, kind) for lines in bands.values() for (grid, _, kind) in lines},
                      key=lambda c: (c[0], c[1] != "hard"))
     plt = pyplot()
-    height = 1.9 * len(rows) + 0.7
-    fig, axes = plt.subplots(len(rows), len(columns), figsize=(2.3 * len(columns) + 0.6, height),
+    height, width = 1.9 * len(rows) + 0.7, 2.3 * len(columns) + 0.6
+    fig, axes = plt.subplots(len(rows), len(columns), figsize=(width, height),
                              squeeze=False, sharex="col", sharey=True)
     for r, name in enumerate(rows):
         for c, (grid, kind) in enumerate(columns):
@@ -108,10 +116,12 @@ def distractor_figure(settings: dict[str, list[Job]], metric: str, path: Path) -
                 ax.set_xlabel("distractors k", fontsize=8)
             if c == 0:
                 ax.set_ylabel(name, fontsize=9)
-    what = "exact location (row AND column)" if metric == "exact" else "target cell's share of image attention"
-    fig.suptitle(f"{what} against distractors: mean and 95% CI over seeds; grey: {BASELINE}"
-                 + ("; dotted: chance" if metric == "exact" else ""), fontsize=9, y=1 - 0.06 / height)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.22 / height))
+    what = ("exact location (row AND column): mean over seeds, 95% Wilson CI over the pooled scenes of every seed"
+            if metric == "exact" else "target cell's share of image attention: mean and 95% CI over seeds")
+    title = textwrap.wrap(f"{what}; grey: {BASELINE}" + ("; dotted: chance" if metric == "exact" else ""),
+                          width=int(15 * width))  # about 15 characters an inch at 8 points
+    fig.suptitle("\n".join(title), fontsize=8, y=1 - 0.06 / height)
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.02 + 0.13 * len(title)) / height))
     return save_figure(fig, path, dpi=110)
 
 

@@ -79,11 +79,17 @@ def draw_labels(pool: list[Label], count: int, rng: random.Random) -> list[Label
     return labels
 
 
+def positives_per_point(samples: int, negative_fraction: float) -> int:
+    """The samples of a point that hold the target (``exact`` is scored over these): the rest, a share
+    ``negative_fraction`` rounded to the nearest (half to even), ask for an absent label."""
+    return samples - round(samples * negative_fraction)
+
+
 def build_samples(point: DistractorPoint, samples: int, negative_fraction: float, seed: int, image_size: int):
     """The haystack records and their images (M per sample) of one point."""
     slots = [(m, r, c) for m in range(point.images) for r in range(point.grid) for c in range(point.grid)]
     order = random.Random(f"distractors/{seed}/{point.name}/slots")
-    negatives = round(samples * negative_fraction)
+    negatives = samples - positives_per_point(samples, negative_fraction)
     targets: list = []
     while len(targets) < samples - negatives:
         cycle = slots[:]

@@ -57,7 +57,7 @@ def test_the_learning_curve_scores_during_the_fit_and_leaves_the_fit_unchanged(t
 
 def test_a_seed_beyond_its_arm_runs_nothing_and_leaves_no_record(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "-m", "experiment=study", "+experiment/study=scratch_vanilla",
-                           "seed=4,5", "scale=cpu_smoke", f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, env=ENV,
+                           "seed=4,5", f"hydra.sweep.dir={tmp_path}"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("beyond this arm's 3 seeds") == 2

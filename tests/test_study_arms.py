@@ -122,3 +122,21 @@ def test_a_smoke_study_runs_two_seeds_of_every_arm():
              for name in ("vanilla", "fair_diff_dup", "scratch_diff_split")}
     assert all(cfg.arm_seeds == 2 for cfg in smoke.values())
     assert composed("experiment=study", "+experiment/study=vanilla").arm_seeds is None
+
+
+def test_forgetting_sets_each_paper_gap_beside_the_fair_gap_of_the_same_variant():
+    from diffpali.report.readme import forgetting_lines
+
+    def row(setting, key, diff, low, high):
+        return {"setting": setting, "evaluation": "mmneedle_paper", "key": key, "metric": key, "diff": diff,
+                "diff_low": low, "diff_high": high}
+
+    rows = [row("diff_dup_separate", "exact", -0.9, -0.95, -0.85), row("fair_diff_dup", "exact", -0.1, -0.2, 0.0),
+            row("diff_dup_separate", "column", -0.4, -0.5, -0.3), row("fair_diff_dup", "column", -0.3, -0.4, -0.2),
+            row("diff_dup_separate", "row", 0.01, -0.02, 0.04), row("fair_diff_dup", "row", -0.5, -0.6, -0.4),
+            row("diff_split", "exact", -0.5, -0.6, -0.4)]  # no fair counterpart scored: no line
+    (line,) = forgetting_lines(rows)
+    assert line.startswith("diff_dup_separate → fair_diff_dup: of the 2 figures where the paper-style retrofit is "
+                           "below its vanilla, the fair one is below its own on 1")
+    assert "median share of the gap closed 89% (from 25% to 89%)" in line  # 1 - 0.1/0.9 and 1 - 0.3/0.4
+    assert "largest: exact, -0.900" in line

@@ -118,7 +118,7 @@ def arm_block(settings: dict[str, list[Job]], sweep: Sweep, out: Path, arm: Opti
         text += [f"## Lambda at the end of pretraining (base.json){suffix}", "", lambdas, ""]
         text += [f"- {line}" for line in lambda_summary] + ([""] if lambda_summary else [])
     text += [f"## Lambda after the fine-tune{suffix}", "", lambda_table(settings), ""]
-    text += [f"- {line}" for line in lambda_moved(settings)] + [""]
+    text += [f"- {line}" for line in lambda_moved(settings, prefix)] + [""]
     text += [f"![{name}]({name})" for name in figures] + ["", f"## Findings{suffix}", ""]
     text += ["Each setting against the vanilla of its arm, over every figure above (a figure counts as different "
              "when the 95% CI of the paired difference excludes 0):", ""]

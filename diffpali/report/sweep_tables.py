@@ -254,9 +254,10 @@ def lambda_changes(jobs: list[Job]) -> dict[str, list[float]]:
     return changes
 
 
-def lambda_moved(settings: dict[str, list[Job]]) -> list[str]:
-    """Per differential setting, in how many runs lambda moved at least ``MOVED`` from its start in some layer
-    (its learned part under a warm-up), and each run where it did not, with its largest move."""
+def lambda_moved(settings: dict[str, list[Job]], prefix: str = "") -> list[str]:
+    """Per differential setting (its name after ``prefix``), in how many runs lambda moved at least ``MOVED`` from
+    its start in some layer (its learned part under a warm-up), and each run where it did not, with its largest
+    move."""
     lines = []
     for name, jobs in settings.items():
         runs = [(job, run_lambda_changes(history)) for job in jobs for history in lambda_histories([job])]
@@ -268,7 +269,8 @@ def lambda_moved(settings: dict[str, list[Job]]) -> list[str]:
             layer, change = max(changes.items(), key=lambda kv: abs(kv[1]))
             if abs(change) < MOVED:
                 still.append(f"seed {job.seed} (largest move {change:+.3f}, {layer})")
-        line = f"{name}: lambda moved at least {MOVED} in some layer in {len(runs) - len(still)} of {len(runs)} runs"
+        moved = len(runs) - len(still)
+        line = f"{prefix}{name}: lambda moved at least {MOVED} in some layer in {moved} of {len(runs)} runs"
         lines.append(line + (f"; it did not in {', '.join(still)}" if still else "") + ".")
     return lines
 

@@ -83,6 +83,7 @@ class DiffPaliModule(L.LightningModule):
         self._drop_update = False  # some rank's batch was wholly unreadable: every rank drops this update
         self._has_lambda: Optional[bool] = None  # known after the first look: whether any layer has a lambda
         self.transfer_steps = transfer_steps  #: the first N steps are attention transfer (see TrainConfig)
+        self.loss_name = "loss"  #: what the last training step minimised: "transfer error" in attention transfer
         names = set(new_attention_names(model)) if transfer_steps else set()
         self._transfer_params = [p for n, p in model.named_parameters() if n in names]
         if transfer_steps and not self._transfer_params:
@@ -106,6 +107,7 @@ class DiffPaliModule(L.LightningModule):
             trainable = (p.sum() for p in self.model.parameters() if p.requires_grad)
             return sum(trainable, torch.zeros((), device=self.device)) * 0.0
         self._step_ids.extend(m.get("question_id") for m in batch["meta"])
+        self.loss_name = "transfer error" if self._transferring() else "loss"
         if self._transferring():
             with attention_transfer(self.model) as errors:
                 self.model(**model_inputs(batch, with_labels=False))

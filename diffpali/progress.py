@@ -64,6 +64,7 @@ class ConsoleProgress(Callback):
         self._first_step = 0
         self._total: float = math.inf
         self._loss: float | None = None
+        self._loss_name = "loss"  #: the training module's ``loss_name``: "transfer error" in attention transfer
         self._bar_open = False
         self._questions = 0
 
@@ -83,6 +84,7 @@ class ConsoleProgress(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._loss = _float(loss.detach() if hasattr(loss, "detach") else loss)
+            self._loss_name = getattr(pl_module, "loss_name", "loss")
         step = int(trainer.global_step)
         if self.interactive:
             now = time.monotonic()
@@ -107,7 +109,7 @@ class ConsoleProgress(Callback):
             head = f"step {step}/{int(self._total)} [{bar}] {100 * done:3.0f}%"
         else:
             left, head = math.inf, f"step {step}"
-        loss = f", loss {self._loss:.4f}" if self._loss is not None else ""
+        loss = f", {self._loss_name} {self._loss:.4f}" if self._loss is not None else ""
         return f"{head}{loss}, {rate:.2f} steps/s, {_duration(elapsed)} elapsed, {_duration(left)} left"
 
     def _close_bar(self) -> None:
@@ -123,7 +125,7 @@ class ConsoleProgress(Callback):
         steps = int(trainer.global_step) - self._first_step
         elapsed = time.monotonic() - self._t0
         skipped = getattr(pl_module, "skipped_steps", 0)
-        loss = f", last loss {self._loss:.4f}" if self._loss is not None else ""
+        loss = f", last {self._loss_name} {self._loss:.4f}" if self._loss is not None else ""
         skip = f", {skipped} skipped (non-finite)" if skipped else ""
         log.info("train: %d steps in %s (%.2f steps/s)%s%s", steps, _duration(elapsed), steps / max(elapsed, 1e-9),
                  loss, skip)

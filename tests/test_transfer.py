@@ -100,3 +100,24 @@ def test_transfer_steps_are_refused_where_they_cannot_work():
     with pytest.raises(ConfigError, match=r"transfer_steps=-1: must be >= 0"):
         _train_config(transfer_steps=-1)
     assert _train_config(transfer_steps=5, attn={"variant": "diff_split"}).transfer_steps == 5
+
+
+def test_the_console_names_the_transfer_error_apart_from_the_loss(tiny_model, tiny_processor):
+    import io
+
+    from diffpali.progress import ConsoleProgress
+
+    torch.manual_seed(0)
+    model = wrap_lora(tiny_model, LoraConfig(rank=4, alpha=8.0), converted(tiny_model, PAPER["diff_dup_separate"]))
+    loader = torch.utils.data.DataLoader(_examples(), batch_size=4,
+                                         collate_fn=PaliGemmaCollator(tiny_processor, train=True))
+    module = DiffPaliModule(model, tiny_processor, OptimConfig(lr=1e-3, warmup_steps=0, schedule="constant"),
+                            max_new_tokens=3, transfer_steps=2)
+    console = io.StringIO()
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ConsoleProgress(console, interactive=True, redraws_per_second=1e9)])
+    trainer.fit(module, train_dataloaders=loader)
+    lines = [line for line in console.getvalue().split("\r") if line.startswith("step ")]
+    assert [("transfer error" in line, ", loss " in line) for line in lines] == [(True, False), (True, False),
+                                                                                 (False, True), (False, True)]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from diffpali.config import TinySpec
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
 CORPUS = [
     "answer en what color is the shape?",
     "answer en what shape is this?",
@@ -97,3 +99,14 @@ def sharpen_text_logits(model, factor: float = 40.0) -> None:
         for name, param in model.named_parameters():
             if ".language_model." in name and (".q_proj." in name or ".k_proj." in name) and name.endswith("weight"):
                 param.mul_(factor)
+
+
+def compose_train(*overrides: str):
+    """``train.py``'s config for these overrides as Hydra composes it (a DictConfig; ``to_typed`` checks it)."""
+    from hydra import compose, initialize_config_dir
+
+    from diffpali.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))

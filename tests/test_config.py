@@ -10,6 +10,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from helpers import compose_train
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
@@ -28,12 +29,6 @@ from diffpali.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
-
-
-def compose_train(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
 
 
 def test_default_composes_to_the_embedded_default():

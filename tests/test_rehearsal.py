@@ -13,7 +13,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from helpers import compose_train
 from lightning.pytorch.callbacks import ModelCheckpoint
 from PIL import Image
 from transformers import PaliGemmaProcessor
@@ -26,7 +26,6 @@ from diffpali.config import (
     EvalTaskConfig,
     EvaluateConfig,
     TinySpec,
-    register_configs,
     to_typed,
 )
 from diffpali.data import easy_vqa
@@ -46,12 +45,6 @@ from diffpali.zoo.stages import TokenCache
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = 480  #: easy-vqa train records of the small mixes
 SPEC = TinySpec()  #: the shipped base's spec: the stream it was built from
-
-
-def compose_train(*overrides: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="train", overrides=["output_dir=.", *overrides])
 
 
 def pixels_key(image: Image.Image) -> str:
@@ -188,16 +181,16 @@ def test_replayed_examples_are_the_ones_the_build_trained_on_at_their_step(easy_
 @pytest.mark.parametrize("value", ["1.0", "-0.1"])
 def test_a_share_outside_zero_to_one_is_refused_naming_the_key(value):
     with pytest.raises(ConfigError, match=rf"data\.rehearsal={value}: must be in \[0, 1\)"):
-        to_typed(compose_train("data=rehearsal", f"data.rehearsal={value}"))
+        to_typed(compose_train("output_dir=.", "data=rehearsal", f"data.rehearsal={value}"))
 
 
 def test_rehearsal_is_refused_without_the_embedded_base_or_with_a_wider_validation_split():
-    cfg = to_typed(compose_train("data=rehearsal"))
+    cfg = to_typed(compose_train("output_dir=.", "data=rehearsal"))
     assert (cfg.data.name, cfg.data.rehearsal) == ("easy_vqa", 0.5)
     with pytest.raises(ConfigError, match=r"data\.rehearsal=0\.5: .*model\.tiny.*name_or_path='google/paligemma"):
-        to_typed(compose_train("data=rehearsal", "model=paligemma_3b_224", "trainer=gpu"))
+        to_typed(compose_train("output_dir=.", "data=rehearsal", "model=paligemma_3b_224", "trainer=gpu"))
     with pytest.raises(ConfigError, match=r"data\.val_fraction=0\.2: must be <= 0\.1 with data\.rehearsal"):
-        to_typed(compose_train("data=rehearsal", "data.val_fraction=0.2"))
+        to_typed(compose_train("output_dir=.", "data=rehearsal", "data.val_fraction=0.2"))
 
 
 def test_train_py_refuses_a_share_of_one_before_anything_loads(tmp_path):

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import compose_train
 from safetensors.torch import load_file
 
-from diffpali.config import ConfigError, TrainConfig, register_configs, to_typed
+from diffpali.config import ConfigError, TrainConfig, to_typed
 from diffpali.report.curves import curve_points, curve_table
 from diffpali.report.runs import Job, load_jobs
 from diffpali.report.sweeps import by_arm
@@ -25,11 +25,7 @@ FIT = ["scale=cpu_smoke", "data.train_limit=48", "data.batch_size=8", "logger=no
 
 
 def composed(*overrides: str) -> TrainConfig:
-    register_configs()
-    import diffpali.jobs  # noqa: F401  (the ${smoke_or:...} resolver)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return to_typed(compose("train", overrides=["output_dir=.", *overrides]), TrainConfig)
+    return to_typed(compose_train("output_dir=.", *overrides), TrainConfig)
 
 
 def train(run_dir: Path, *extra: str) -> str:

@@ -101,6 +101,13 @@ class TrainConfig:
             fail("transfer_steps", self.transfer_steps, "cannot run with model.activation_checkpointing=true: the "
                  "recomputed forward would not be the transfer's")
 
+    def _validate_curve(self) -> None:
+        unknown = sorted(set(self.curve.evals) - set(self.evals))
+        if unknown:
+            fail("curve.evals", unknown, f"must name evaluations in evals: {', '.join(sorted(self.evals)) or 'none'}")
+        if self.curve.steps and not self.evals:
+            fail("curve.steps", self.curve.steps, "needs evals to score (e.g. experiment=study)")
+
     def _validate_rehearsal(self) -> None:
         share, model = self.data.rehearsal, self.model
         if not share:
@@ -123,11 +130,7 @@ class TrainConfig:
             evaluation.validate(f"evals.{name}")
         if self.eval_limit is not None and self.eval_limit <= 0:
             fail("eval_limit", self.eval_limit, "must be > 0 or null (no cap)")
-        unknown = sorted(set(self.curve.evals) - set(self.evals))
-        if unknown:
-            fail("curve.evals", unknown, f"must name evaluations in evals: {', '.join(sorted(self.evals)) or 'none'}")
-        if self.curve.steps and not self.evals:
-            fail("curve.steps", self.curve.steps, "needs evals to score (e.g. experiment=study)")
+        self._validate_curve()
         if self.arm_seeds is not None and self.arm_seeds <= 0:
             fail("arm_seeds", self.arm_seeds, "must be > 0 or null (every seed)")
         for f in fields(self):

@@ -63,7 +63,8 @@ def test_a_bad_attn_record_fails_before_a_model_loads():
 
 def test_attn_overrides_make_a_whole_record_and_the_rest_stay_typed():
     spec = apply_overrides(TinySpec(), ["attn=diff_v2", "attn.v2_lambda_init=plain", "attn.towers=[vision]", "seed=1"])
-    assert spec.attn == {"variant": "diff_v2", "towers": ["vision"], "branch_noise": 1e-3, "v2_lambda_init": "plain"}
+    assert spec.attn == {"variant": "diff_v2", "towers": ["vision"], "branch_noise": 1e-3, "v2_lambda_init": "plain",
+                         "lambda_warmup_steps": 0}
     assert spec.seed == 1 and spec.attention().name() == "diff_v2"
     with pytest.raises(SystemExit, match=r"^error: attn='diff_nope': must be one of diff_dup, diff_split, diff_v2, "
                                          r"vanilla$"):
@@ -76,7 +77,7 @@ def test_an_unknown_knob_on_the_command_line_fails_in_one_line(tmp_path):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and not (tmp_path / "out").exists()
     assert proc.stderr.strip() == ("error: attn.head_norm=False: attn=diff_v2 has no such knob; its knobs: "
-                                   "towers, branch_noise, v2_lambda_init")
+                                   "towers, branch_noise, v2_lambda_init, lambda_warmup_steps")
 
 
 def _final_model(spec: TinySpec, out: Path, work: Path):
@@ -131,3 +132,11 @@ def test_workers_draw_the_batches_the_training_process_would(tmp_path):
         weights[workers] = (tmp_path / f"w{workers}" / "model.safetensors").read_bytes()
     assert weights[0] == weights[2]
     assert load_file(tmp_path / "w2" / "model.safetensors").keys()  # a whole vanilla base, not an empty file
+
+
+def test_a_base_build_refuses_a_lambda_warm_up():
+    from diffpali.config import ConfigError, TinySpec
+
+    spec = TinySpec(attn={"variant": "diff_dup", "lambda_warmup_steps": 100})
+    with pytest.raises(ConfigError, match="lambda_warmup_steps=100: must be 0 in a base pretrained from scratch"):
+        spec.attention("model.tiny.attn")

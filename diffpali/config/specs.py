@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attn import AttnSettings, attn_settings
+from .rules import fail
 
 
 @dataclass
@@ -105,4 +106,7 @@ class TinySpec:
         """The typed settings of ``attn``: an unknown variant or knob, or a bad value, fails naming ``key``."""
         settings = attn_settings(self.attn, key)
         settings.validate(key)
+        if getattr(settings, "lambda_warmup_steps", 0):  # the ramp is a fine-tune's callback; a build has none
+            fail(f"{key}.lambda_warmup_steps", settings.lambda_warmup_steps, "must be 0 in a base pretrained from "
+                 "scratch (the warm-up eases a retrofit in; a build trains lambda from the first step)")
         return settings
